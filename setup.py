@@ -20,5 +20,6 @@ EXTENSIONS = [
 setup(
     packages=find_packages(include=["graphopt", "graphopt.*"]) + ["graphopt.kernels"],
     package_dir={"graphopt.kernels": "kernels"},
-    ext_modules=cythonize(EXTENSIONS, language_level=3),
+    # Generated C goes to build/, not beside the hand-written kernel sources.
+    ext_modules=cythonize(EXTENSIONS, language_level=3, build_dir="build/cython"),
 )

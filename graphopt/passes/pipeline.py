@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from typing import Callable, Protocol
+from typing import Protocol
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -111,11 +111,9 @@ class PassManager:
     pass that broke the model (``PipelineResult.culprit``).
     """
 
-    def __init__(self, passes: list[Pass], ctx: PassContext | None = None,
-                 on_pass: Callable[[PassReport], None] | None = None):
+    def __init__(self, passes: list[Pass], ctx: PassContext | None = None):
         self.passes = list(passes)
         self.ctx = ctx or PassContext()
-        self.on_pass = on_pass
 
     def apply(self, model: onnx.ModelProto, passes: list[Pass] | None = None) -> PipelineResult:
         graph = model_io.to_graph(model)
@@ -130,8 +128,6 @@ class PassManager:
             report.nodes_before, report.nodes_after = before, len(graph.nodes)
             provenance = compose_provenance(provenance, report.provenance)
             reports.append(report)
-            if self.on_pass is not None:
-                self.on_pass(report)
         return PipelineResult(model_io.to_model(graph, like=model), reports, provenance)
 
     def run(self, model: onnx.ModelProto, *, check: bool = True, rtol: float = 1e-5) -> PipelineResult:

@@ -1,0 +1,30 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.graphopt-installed
+
+.PHONY: demo test test-fast install clean
+
+# (Re)install when the packaging or the compiled kernels change; -e keeps the source tree live.
+$(STAMP): pyproject.toml setup.py $(wildcard kernels/*.pyx kernels/*.h kernels/*.c)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/graphopt demo
+
+# All tests, slow ones (real models) included.
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Everything but the tests marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) build *.egg-info kernels/*.so out

@@ -1,0 +1,173 @@
+"""The ``graphopt`` command line.
+
+Every command reports user errors (:class:`GraphoptError`) as one line on stderr and exits with
+status 2; ``--debug`` (before or after the command name) shows the traceback instead.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+import graphopt
+from graphopt.errors import GraphoptError
+
+EXIT_USER_ERROR = 2
+EXIT_VERIFICATION_FAILED = 1
+EXIT_INTERNAL_ERROR = 3
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class _Cli(click.Group):
+    """A click group that turns GraphoptErrors into one line and exit status 2."""
+
+    def main(self, args=None, **kwargs):
+        args = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in args
+        args = [a for a in args if a != "--debug"]
+        try:
+            return super().main(args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            err.print("graphopt: aborted")
+            sys.exit(EXIT_USER_ERROR)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(EXIT_USER_ERROR)
+        except GraphoptError as exc:
+            if debug:
+                raise
+            err.print(f"graphopt: error: {exc}", markup=False, soft_wrap=True)
+            sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            err.print("graphopt: interrupted")
+            sys.exit(130)
+        except Exception as exc:  # a bug in graphopt, not the user's fault: still one line
+            if debug:
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            err.print(f"graphopt: internal error: {type(exc).__name__}: {first} "
+                      "(rerun with --debug for the traceback and report it)", markup=False, soft_wrap=True)
+            sys.exit(EXIT_INTERNAL_ERROR)
+
+
+def _dims_option(f):
+    return click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
+                        help="Value of a symbolic input dim, e.g. --dim batch=1 (repeatable).")(f)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(graphopt.__version__, "--version", prog_name="graphopt")
+def cli():
+    """graphopt: make an ONNX model smaller and faster, and prove it still computes the same thing.
+
+    Add --debug to any command to see the full traceback of an error.
+    """
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@_dims_option
+@click.option("--nodes", is_flag=True, help="Per-node table: shapes, params, MACs, sparsity, int8.")
+@click.option("--top", type=click.IntRange(min=1), metavar="N", help="The N heaviest nodes by MACs.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--no-check", is_flag=True, help="Skip the ONNX checker.")
+def inspect(model, dims, nodes, top, as_json, no_check):
+    """Summarise MODEL: ops, shapes, parameters, MACs, sparsity, quantization.
+
+    Example: graphopt inspect model.onnx --dim batch=1 --top 10
+    """
+    from graphopt.feeds import parse_dims
+    from graphopt.inspect import inspect_model, render_text
+
+    loaded = graphopt.load_model(model, check=not no_check)
+    report = inspect_model(loaded, dims=parse_dims(dims), nodes=nodes, top=top)
+    report = {"model": str(model)} | report
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        render_text(report, out)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the optimized model.")
+@click.option("--in-place", is_flag=True, help="Overwrite MODEL itself (only after verification passed).")
+@click.option("--opset", type=click.IntRange(min=7), help="Upgrade the default-domain opset to this version.")
+@_dims_option
+@click.option("--skip", multiple=True, metavar="PASS", help="Leave out a pass by name (repeatable).")
+@click.option("--fold-limit-mb", type=click.FloatRange(min=0), default=64.0, show_default=True,
+              help="Largest tensor constant folding may create.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check the result against MODEL on onnxruntime with seeded inputs.")
+@click.option("--rtol", type=float, default=1e-5, show_default=True,
+              help="Largest error allowed, relative to each output's largest magnitude.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the verification inputs.")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Store weights in OUTPUT.data (default: only when the model exceeds 2 GiB).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, verify, rtol, seed, external_data,
+             as_json):
+    """Rewrite MODEL with graph passes, verify the result and write it to OUTPUT.
+
+    Runs the cleanup passes: shape inference, no-op removal, constant folding, initializer
+    de-duplication, dead-code removal (and an opset upgrade with --opset). Nothing is written if
+    verification fails; the first pass that broke the model is named and the exit status is 1.
+
+    Example: graphopt optimize model.onnx -o model.opt.onnx
+    """
+    from graphopt.feeds import parse_dims
+    from graphopt.optimize import optimize_model, render_result
+
+    if in_place == (output is not None):
+        raise GraphoptError("give either -o OUTPUT or --in-place", "e.g. graphopt optimize m.onnx -o m.opt.onnx")
+    target = model if in_place else output
+    loaded = graphopt.load_model(model)
+    result = optimize_model(loaded, opset=opset, dims=parse_dims(dims), skip=skip,
+                            fold_limit_bytes=int(fold_limit_mb * (1 << 20)), verify=verify, rtol=rtol, seed=seed)
+    if result.ok:
+        graphopt.save_model(result.model, target, external_data=external_data, protect=() if in_place else (model,))
+    if as_json:
+        click.echo(json.dumps(result_json(model, target if result.ok else None, result), indent=2))
+    else:
+        render_result(result, out)
+        if result.ok:
+            out.print(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
+    if not result.ok:
+        err.print(f"graphopt: verification failed; first failing pass: {result.culprit or 'unknown'}; "
+                  f"nothing written (rerun with --skip {result.culprit or 'PASS'})", soft_wrap=True)
+        sys.exit(EXIT_VERIFICATION_FAILED)
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True,
+              help="Where the demo writes its models.")
+def demo(workdir):
+    """Build a small CNN, inspect it, optimize it and verify the result on onnxruntime."""
+    from graphopt.demo import run_demo
+
+    if not run_demo(workdir, out):
+        sys.exit(EXIT_VERIFICATION_FAILED)
+
+
+def result_json(model: Path, written: Path | None, result) -> dict:
+    return {
+        "input": str(model),
+        "output": None if written is None else str(written),
+        "ok": result.ok,
+        "culprit": result.culprit,
+        "nodes_before": result.reports[0].nodes_before if result.reports else None,
+        "nodes_after": result.reports[-1].nodes_after if result.reports else None,
+        "passes": [r.to_json() for r in result.reports],
+        "verification": None if result.verification is None else result.verification.to_json(),
+    }
+
+
+def main() -> None:
+    cli.main(prog_name="graphopt")
