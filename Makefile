@@ -3,14 +3,19 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.graphopt-installed
+TEST_STAMP := $(VENV)/.graphopt-test-installed
 
 .PHONY: demo test test-fast install clean
 
 # (Re)install when the packaging or the compiled kernels change; -e keeps the source tree live.
 $(STAMP): pyproject.toml setup.py $(wildcard kernels/*.pyx kernels/*.h kernels/*.c)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+# Tests also need the torch extra (export, zoo); torch is pinned to the CPU build in pyproject.toml.
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,torch]"
 	touch $@
 
 install: $(STAMP)
@@ -19,11 +24,11 @@ demo: $(STAMP)
 	$(VENV)/bin/graphopt demo
 
 # All tests, slow ones (real models) included.
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q
 
 # Everything but the tests marked slow.
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

@@ -29,7 +29,7 @@ def ort_session(model: onnx.ModelProto, *, threads: int = 1, optimize: bool = Fa
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated exception types
         raise GraphoptError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}",
-                            "the model may use an op onnxruntime does not implement") from exc
+                            "the model may use an op onnxruntime does not implement; --no-verify skips the check") from exc
 
 
 def run_oracle(model: onnx.ModelProto, feeds: dict[str, np.ndarray], *,
