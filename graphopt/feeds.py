@@ -95,3 +95,12 @@ def make_feeds(model: onnx.ModelProto, dims: dict[str, int] | None = None, seed:
     rng = np.random.default_rng(seed)
     dims = dims or {}
     return {spec.name: random_array(resolve_shape(spec, dims), spec.dtype, rng) for spec in input_specs(model)}
+
+
+def check_dims(model: onnx.ModelProto, dims: dict[str, int]) -> None:
+    """Refuse ``--dim`` names that match no symbolic dim of the model's inputs (likely a typo)."""
+    symbolic = sorted({d for spec in input_specs(model) for d in spec.dims if isinstance(d, str)})
+    for name in dims:
+        if name not in symbolic:
+            hint = f"its symbolic dims: {', '.join(symbolic)}" if symbolic else "all its input dims are fixed"
+            raise InputSpecError(f"--dim {name}: the model has no symbolic input dim of that name", hint)

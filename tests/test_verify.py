@@ -99,3 +99,12 @@ def test_pipeline_passes_and_composes_provenance():
 def test_compose_provenance_maps_back_to_original_names():
     first = {"b": ["a1", "a2"]}
     assert compose_provenance(first, {"c": ["b", "z"]}) == {"b": ["a1", "a2"], "c": ["a1", "a2", "z"]}
+
+
+def test_check_dims_names_the_typo_and_the_real_dims():
+    from graphopt.feeds import check_dims
+
+    check_dims(make_linear_model(), {"batch": 2})
+    with pytest.raises(InputSpecError, match="--dim bacth: the model has no symbolic input dim") as info:
+        check_dims(make_linear_model(), {"bacth": 2})
+    assert "batch" in str(info.value)
