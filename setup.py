@@ -18,8 +18,10 @@ EXTENSIONS = [
 ]
 
 setup(
-    packages=find_packages(include=["graphopt", "graphopt.*"]) + ["graphopt.kernels"],
-    package_dir={"graphopt.kernels": "kernels"},
+    packages=find_packages(include=["graphopt", "graphopt.*"]) + ["graphopt.kernels", "graphopt.models"],
+    package_dir={"graphopt.kernels": "kernels", "graphopt.models": "models"},
+    # The zoo ships the trained digits-cnn and its data splits, so tests and the demo need no torch.
+    package_data={"graphopt.models": ["*.onnx", "*.npz"]},
     # Generated C goes to build/, not beside the hand-written kernel sources.
     ext_modules=cythonize(EXTENSIONS, language_level=3, build_dir="build/cython"),
 )

@@ -83,11 +83,13 @@ def inspect(model, dims, nodes, top, as_json, no_check):
 
     Example: graphopt inspect model.onnx --dim batch=1 --top 10
     """
-    from graphopt.feeds import parse_dims
+    from graphopt.feeds import check_dims, parse_dims
     from graphopt.inspect import inspect_model, render_text
 
     loaded = graphopt.load_model(model, check=not no_check)
-    report = inspect_model(loaded, dims=parse_dims(dims), nodes=nodes, top=top)
+    dims = parse_dims(dims)
+    check_dims(loaded, dims)
+    report = inspect_model(loaded, dims=dims, nodes=nodes, top=top)
     report = {"model": str(model)} | report
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -122,14 +124,16 @@ def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, verify, 
 
     Example: graphopt optimize model.onnx -o model.opt.onnx
     """
-    from graphopt.feeds import parse_dims
+    from graphopt.feeds import check_dims, parse_dims
     from graphopt.optimize import optimize_model, render_result
 
     if in_place == (output is not None):
         raise GraphoptError("give either -o OUTPUT or --in-place", "e.g. graphopt optimize m.onnx -o m.opt.onnx")
     target = model if in_place else output
     loaded = graphopt.load_model(model)
-    result = optimize_model(loaded, opset=opset, dims=parse_dims(dims), skip=skip,
+    dims = parse_dims(dims)
+    check_dims(loaded, dims)
+    result = optimize_model(loaded, opset=opset, dims=dims, skip=skip,
                             fold_limit_bytes=int(fold_limit_mb * (1 << 20)), verify=verify, rtol=rtol, seed=seed)
     if result.ok:
         graphopt.save_model(result.model, target, external_data=external_data, protect=() if in_place else (model,))
@@ -154,6 +158,46 @@ def demo(workdir):
 
     if not run_demo(workdir, out):
         sys.exit(EXIT_VERIFICATION_FAILED)
+
+
+@cli.command()
+@click.argument("model", metavar="NAME|FILE.py:FACTORY")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the ONNX file.")
+@click.option("--opset", type=click.IntRange(min=7), help="ONNX opset to export (default: the exporter's).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
+              help="Example shape of an input, e.g. --input-shape image=1,3,224,224 (repeatable; required for "
+                   "FILE.py:FACTORY, one per forward() argument, in order).")
+@click.option("--dynamic-batch", is_flag=True, help="Make axis 0 of every input a symbolic 'batch' dim.")
+def export(model, output, opset, input_shapes, dynamic_batch):
+    """Export a zoo model or your own PyTorch module to ONNX and check it against PyTorch.
+
+    NAME is a zoo model (simplenet, digits-cnn, resnet18, mobilenetv3, bert-mini, yolo-head, mlp);
+    FILE.py:FACTORY names a function in that file that returns a torch.nn.Module. Uses the
+    dynamo exporter, falling back to the TorchScript exporter if it fails; then runs the file on
+    onnxruntime and prints the largest difference from PyTorch's output. Needs torch:
+    pip install -e ".[torch]".
+
+    Example: graphopt export resnet18 -o resnet18.onnx
+    """
+    import warnings
+
+    from graphopt.export import ExportFallbackWarning, export_model, parse_input_shapes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExportFallbackWarning)  # reported below, on one line
+        result = export_model(model, output, opset=opset, input_shapes=parse_input_shapes(input_shapes),
+                              dynamic_batch=dynamic_batch)
+    if result.fallback_reason:
+        err.print(f"graphopt: warning: the dynamo exporter failed ({result.fallback_reason}); "
+                  "used the TorchScript exporter", markup=False, soft_wrap=True)
+    size = result.path.stat().st_size + (result.data_path.stat().st_size if result.data_path else 0)
+    out.print(f"wrote {result.path} ({size / 1e6:.2f} MB, {result.exporter} exporter, opset {result.opset})",
+              markup=False)
+    for name, dims in result.inputs.items():
+        out.print(f"  input {name}: [{', '.join(map(str, dims))}]", markup=False)
+    for name, diff in result.output_diffs.items():
+        out.print(f"  output {name}: max abs diff vs torch {diff:.3g}", markup=False)
+    out.print(f"max abs diff vs torch: {result.max_abs_diff:.3g}", markup=False)
 
 
 def result_json(model: Path, written: Path | None, result) -> dict:

@@ -97,8 +97,7 @@ def check_model(model: onnx.ModelProto, path: Path | str = "<model>") -> None:
             onnx.checker.check_model(model)
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                tmp_path = Path(tmp) / "model.onnx"
-                onnx.save_model(model, str(tmp_path), save_as_external_data=True)
+                tmp_path = write_with_external_data(model, Path(tmp))
                 onnx.checker.check_model(str(tmp_path))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -157,6 +156,17 @@ def _resolve_external_location(tensor: onnx.TensorProto, base: Path, model_path:
     return target
 
 
+def write_with_external_data(model: onnx.ModelProto, folder: Path) -> Path:
+    """Write ``model`` (left unchanged) as ``folder/model.onnx`` + one data file, for tools that
+    need a path because the model is too large for one protobuf."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    path = folder / "model.onnx"
+    onnx.save_model(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data")
+    return path
+
+
 def tensor_bytes(model: onnx.ModelProto) -> int:
     """Bytes held by all tensors in the model (initializers and constant attributes)."""
     total = 0
@@ -201,8 +211,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         if use_external:
+            # On request every tensor moves out; automatically, small ones stay inline.
             onnx.save_model(copy, str(tmp_dir / path.name), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+                            all_tensors_to_one_file=True, location=data_name,
+                            size_threshold=0 if external_data else 1024)
             os.replace(tmp_dir / data_name, parent / data_name)
         else:
             onnx.save_model(copy, str(tmp_dir / path.name))
@@ -222,9 +234,10 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
 def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """Export a graph; metadata and IR version are taken from ``like`` (the input model)."""
     model = gs.export_onnx(graph, do_type_check=False)
+    # IR 4 is the first that lets initializers not be graph inputs, which is how gs exports them.
+    needed = max(4, onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True))
+    model.ir_version = max(like.ir_version if like is not None else model.ir_version, needed)
     if like is not None:
-        needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
-        model.ir_version = max(like.ir_version, needed)
         model.producer_name = like.producer_name
         model.producer_version = like.producer_version
         model.domain = like.domain

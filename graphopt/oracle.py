@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from graphopt.errors import GraphoptError
-from graphopt.model_io import PROTOBUF_LIMIT_BYTES, tensor_bytes
+from graphopt.model_io import PROTOBUF_LIMIT_BYTES, tensor_bytes, write_with_external_data
 
 
 def ort_session(model: onnx.ModelProto, *, threads: int = 1, optimize: bool = False) -> ort.InferenceSession:
@@ -24,8 +24,7 @@ def ort_session(model: onnx.ModelProto, *, threads: int = 1, optimize: bool = Fa
         if tensor_bytes(model) < PROTOBUF_LIMIT_BYTES // 2:
             return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.onnx"
-            onnx.save_model(model, str(path), save_as_external_data=True)
+            path = write_with_external_data(model, Path(tmp))
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several unrelated exception types
         raise GraphoptError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}",

@@ -120,10 +120,10 @@ def test_debug_flag_shows_traceback(tmp_path, cli):
 
 def test_external_data_inside_folder_loads(tmp_path):
     model = make_linear_model()
+    expected = numpy_helper.to_array(model.graph.initializer[0])
     (tmp_path / "m").mkdir()
     path = save_with_external_data(model, tmp_path / "m")
     loaded = model_io.load_model(path)
-    expected = numpy_helper.to_array(model.graph.initializer[0])
     np.testing.assert_array_equal(numpy_helper.to_array(loaded.graph.initializer[0]), expected)
 
 
@@ -153,6 +153,8 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
 
 def test_save_external_data_on_request_and_above_limit(tmp_path, monkeypatch):
     model = make_linear_model()
+    # Large enough to leave the protobuf when external data is chosen automatically.
+    model.graph.initializer.append(numpy_helper.from_array(np.ones((32, 32), np.float32), "big"))
     forced = graphopt.save_model(model, tmp_path / "forced.onnx", external_data=True)
     assert (tmp_path / "forced.onnx.data").is_file()
     monkeypatch.setattr(model_io, "PROTOBUF_LIMIT_BYTES", 1024)

@@ -54,9 +54,10 @@ class PassReport:
     def record(self, rule: str, replacement: str | None = None, originals: list[str] | tuple = ()) -> None:
         """Count one firing of ``rule``; if given, ``replacement`` now stands for ``originals``."""
         self.rewrites[rule] += 1
-        if replacement is not None:
+        stands_for = [name for name in originals if name != replacement]
+        if replacement is not None and stands_for:
             merged = self.provenance.setdefault(replacement, [])
-            merged.extend(name for name in originals if name not in merged and name != replacement)
+            merged.extend(name for name in stands_for if name not in merged)
 
     def to_json(self) -> dict:
         return {
