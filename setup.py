@@ -7,13 +7,37 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
 
+# -ffp-contract=off: the epilogue's float32 multiply must not fuse into an FMA, or the kernels
+# would round differently from the numpy reference they are tested against bit for bit.
+KERNEL_FLAGS = ["-O3", "-ffp-contract=off"]
+NUMPY_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+
 EXTENSIONS = [
     Extension(
         "graphopt.kernels._packing",
         ["kernels/_packing.pyx"],
         include_dirs=[numpy.get_include()],
-        extra_compile_args=["-O3"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=KERNEL_FLAGS,
+        define_macros=NUMPY_MACROS,
+    ),
+    Extension(
+        "graphopt.kernels._qgemm",
+        ["kernels/_qgemm.pyx", "kernels/qgemm.c"],
+        include_dirs=[numpy.get_include(), "kernels"],
+        depends=["kernels/qgemm.h"],
+        # OpenMP for prange: tiles of the product run on `threads` cores with the GIL released.
+        extra_compile_args=KERNEL_FLAGS + ["-fopenmp"],
+        extra_link_args=["-fopenmp"],
+        define_macros=NUMPY_MACROS,
+    ),
+    Extension(
+        "graphopt.kernels._conv",
+        ["kernels/_conv.pyx", "kernels/depthwise.c", "kernels/layout.c"],
+        include_dirs=[numpy.get_include(), "kernels"],
+        depends=["kernels/depthwise.h", "kernels/layout.h"],
+        extra_compile_args=KERNEL_FLAGS + ["-fopenmp"],
+        extra_link_args=["-fopenmp"],
+        define_macros=NUMPY_MACROS,
     ),
 ]
 

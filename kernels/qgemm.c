@@ -1,0 +1,462 @@
+/* Micro-kernels per ISA, A packing, the cache-blocking loops of one tile, and the epilogue.
+ * Each ISA-specific function carries its own target attribute; the file is compiled for baseline
+ * x86-64 so that one build runs anywhere and the run-time check picks the path. */
+#include "qgemm.h"
+
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* K groups (of 4) per cache block: 256 groups = 1024 of K. The B micro-panel (1024 x 64 columns,
+ * 64 KiB) then lives in the 1 MiB L2 rather than L1, which the hardware prefetcher hides well
+ * since each panel is read sequentially; in exchange the int32 C tile is reloaded once per
+ * 1024 of K instead of once per 256. Measured on the Zen 4 / VNNI path: 256 groups beat 64 and
+ * 128 by 3-8% on 768-1024-deep products and on conv-shaped (3136 x 576 x 64) ones. */
+#ifndef QG_KC_GROUPS
+#define QG_KC_GROUPS 256
+#endif
+
+/* AVX-512 VNNI: 6 rows x 4 zmm (64 columns) = 24 accumulators, + 4 B registers + 1 broadcast
+ * of A = 29 of the 32 zmm registers. */
+#define VNNI_MR 6
+#define VNNI_NP 4
+/* AVX2: 4 rows x 2 ymm (16 columns) = 8 accumulators, + 2 B + 5 temporaries of the 16 ymm. */
+#define AVX2_MR 4
+#define AVX2_NP 1
+/* Portable C: the same 4 x 16 shape; the compiler vectorizes what it can. */
+#define GENERIC_MR 4
+#define GENERIC_NP 1
+
+int qg_mr(int isa)
+{
+    switch (isa) {
+    case QG_ISA_VNNI: return VNNI_MR;
+    case QG_ISA_AVX2: return AVX2_MR;
+    default: return GENERIC_MR;
+    }
+}
+
+static int qg_np(int isa)
+{
+    switch (isa) {
+    case QG_ISA_VNNI: return VNNI_NP;
+    case QG_ISA_AVX2: return AVX2_NP;
+    default: return GENERIC_NP;
+    }
+}
+
+int qg_cpu_supports(int isa)
+{
+    __builtin_cpu_init();
+    switch (isa) {
+    case QG_ISA_GENERIC: return 1;
+    case QG_ISA_AVX2: return __builtin_cpu_supports("avx2");
+    case QG_ISA_VNNI:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+               && __builtin_cpu_supports("avx512vnni");
+    default: return 0; /* AMX: no micro-kernel in this build */
+    }
+}
+
+/* Packing A is O(MK) against the product's O(MKN): negligible for wide N, but a convolution with
+ * 64 output channels spent half its time here copying byte by byte. Both layouts the callers use
+ * therefore move whole 4-byte groups: row-major A (cs == 1) copies them, and pixel-major columns
+ * (rs == 1, im2col's transposed view) assemble them from four contiguous k rows. */
+static void pack_group_rows(const uint8_t *src, int64_t rs, int rows, uint8_t *dst)
+{
+    for (int i = 0; i < rows; i++)
+        memcpy(dst + i * 4, src + i * rs, 4);
+}
+
+static void pack_group_cols(const uint8_t *src, int64_t cs, int rows, uint8_t *dst)
+{
+    const uint8_t *k0 = src, *k1 = src + cs, *k2 = src + 2 * cs, *k3 = src + 3 * cs;
+    for (int i = 0; i < rows; i++) {
+        const uint32_t quad = (uint32_t)k0[i] | (uint32_t)k1[i] << 8 | (uint32_t)k2[i] << 16
+                              | (uint32_t)k3[i] << 24;
+        memcpy(dst + i * 4, &quad, 4); /* little-endian: k0 lands first, as vpdpbusd expects */
+    }
+}
+
+void qg_pack_a(int isa, const uint8_t *a, int64_t rs, int64_t cs, int64_t m, int64_t k,
+               uint8_t *apack, int64_t slab)
+{
+    const int mr = qg_mr(isa);
+    const int64_t k4 = (k + 3) / 4, full = k / 4;
+    uint8_t *dst = apack + slab * k4 * mr * 4;
+    const int64_t r0 = slab * mr;
+    const int rows = (int)(m - r0 < mr ? m - r0 : mr);
+    const uint8_t *src = a + r0 * rs;
+    /* Padding (rows past M, K past the last group) is zero; B's padding is zero too, so the
+     * padded products vanish whatever A's zero point is. */
+    memset(dst, 0, (size_t)(k4 * mr * 4));
+    for (int64_t g = 0; g < full; g++) {
+        if (cs == 1)
+            pack_group_rows(src + 4 * g, rs, rows, dst + g * mr * 4);
+        else if (rs == 1)
+            pack_group_cols(src + 4 * g * cs, cs, rows, dst + g * mr * 4);
+        else
+            for (int i = 0; i < rows; i++)
+                for (int t = 0; t < 4; t++)
+                    dst[(g * mr + i) * 4 + t] = src[i * rs + (4 * g + t) * cs];
+    }
+    for (int64_t kk = full * 4; kk < k; kk++)
+        for (int i = 0; i < rows; i++)
+            dst[(full * mr + i) * 4 + kk % 4] = src[i * rs + kk * cs];
+}
+
+/* ---- AVX-512 VNNI -------------------------------------------------------------------------- */
+
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+/* The accumulators are named scalars, not an array: GCC keeps an array of vectors in memory and
+ * spills every update. mr and np are compile-time constants in each instantiation, so the guards
+ * fold away and unused accumulators vanish. */
+#define VNNI_EACH_COL(X, i) X(i, 0) X(i, 1) X(i, 2) X(i, 3)
+#define VNNI_EACH(X)                                                                             \
+    VNNI_EACH_COL(X, 0) VNNI_EACH_COL(X, 1) VNNI_EACH_COL(X, 2) VNNI_EACH_COL(X, 3)              \
+    VNNI_EACH_COL(X, 4) VNNI_EACH_COL(X, 5)
+#define VNNI_LIVE(i, j) ((i) < mr && (j) < np)
+#define VNNI_INIT(i, j)                                                                          \
+    __m512i c##i##j = VNNI_LIVE(i, j) && accumulate ? _mm512_loadu_si512(c + (i) * ldc + 16 * (j)) \
+                                                    : _mm512_setzero_si512();
+#define VNNI_FMA(i, j)                                                                           \
+    if (VNNI_LIVE(i, j))                                                                         \
+        c##i##j = _mm512_dpbusd_epi32(c##i##j, a##i, b##j);
+#define VNNI_BCAST(i, j)                                                                         \
+    if ((j) == 0 && (i) < mr) {                                                                  \
+        int32_t quad;                                                                            \
+        memcpy(&quad, a + (i) * a_rs + g * a_gs, 4);                                            \
+        a##i = _mm512_set1_epi32(quad);                                                          \
+    }
+#define VNNI_STORE(i, j)                                                                         \
+    if (VNNI_LIVE(i, j))                                                                         \
+        _mm512_storeu_si512(c + (i) * ldc + 16 * (j), c##i##j);
+
+static inline __attribute__((always_inline)) VNNI_TARGET void
+vnni_ukr(const int mr, const int np, int64_t kg, const uint8_t *a, int64_t a_rs, int64_t a_gs,
+         const int8_t *b, int64_t b_panel_stride, int32_t *c, int64_t ldc, int accumulate)
+{
+    VNNI_EACH(VNNI_INIT)
+    for (int64_t g = 0; g < kg; g++) {
+        const int8_t *bg = b + g * 64;
+        const __m512i b0 = _mm512_loadu_si512(bg);
+        const __m512i b1 = np > 1 ? _mm512_loadu_si512(bg + b_panel_stride) : b0;
+        const __m512i b2 = np > 2 ? _mm512_loadu_si512(bg + 2 * b_panel_stride) : b0;
+        const __m512i b3 = np > 3 ? _mm512_loadu_si512(bg + 3 * b_panel_stride) : b0;
+        __m512i a0 = b0, a1 = b0, a2 = b0, a3 = b0, a4 = b0, a5 = b0;
+        VNNI_EACH_COL(VNNI_BCAST, 0) VNNI_EACH_COL(VNNI_FMA, 0)
+        VNNI_EACH_COL(VNNI_BCAST, 1) VNNI_EACH_COL(VNNI_FMA, 1)
+        VNNI_EACH_COL(VNNI_BCAST, 2) VNNI_EACH_COL(VNNI_FMA, 2)
+        VNNI_EACH_COL(VNNI_BCAST, 3) VNNI_EACH_COL(VNNI_FMA, 3)
+        VNNI_EACH_COL(VNNI_BCAST, 4) VNNI_EACH_COL(VNNI_FMA, 4)
+        VNNI_EACH_COL(VNNI_BCAST, 5) VNNI_EACH_COL(VNNI_FMA, 5)
+    }
+    VNNI_EACH(VNNI_STORE)
+}
+
+#define VNNI_UKR(MR_, NP_)                                                                        \
+    static VNNI_TARGET void vnni_ukr_##MR_##_##NP_(int64_t kg, const uint8_t *a, int64_t a_rs,     \
+                                                   int64_t a_gs, const int8_t *b, int64_t bps,    \
+                                                   int32_t *c, int64_t ldc, int acc)              \
+    {                                                                                             \
+        vnni_ukr(MR_, NP_, kg, a, a_rs, a_gs, b, bps, c, ldc, acc);                               \
+    }
+#define VNNI_UKR_ROW(MR_) VNNI_UKR(MR_, 1) VNNI_UKR(MR_, 2) VNNI_UKR(MR_, 3) VNNI_UKR(MR_, 4)
+VNNI_UKR_ROW(1)
+VNNI_UKR_ROW(2)
+VNNI_UKR_ROW(3)
+VNNI_UKR_ROW(4)
+VNNI_UKR_ROW(5)
+VNNI_UKR_ROW(6)
+
+typedef void (*ukr_fn)(int64_t, const uint8_t *, int64_t, int64_t, const int8_t *, int64_t,
+                       int32_t *, int64_t, int);
+
+#define VNNI_ROW_TABLE(MR_) \
+    { vnni_ukr_##MR_##_1, vnni_ukr_##MR_##_2, vnni_ukr_##MR_##_3, vnni_ukr_##MR_##_4 }
+static const ukr_fn vnni_table[VNNI_MR][VNNI_NP] = {
+    VNNI_ROW_TABLE(1), VNNI_ROW_TABLE(2), VNNI_ROW_TABLE(3),
+    VNNI_ROW_TABLE(4), VNNI_ROW_TABLE(5), VNNI_ROW_TABLE(6),
+};
+
+/* ---- AVX2 ---------------------------------------------------------------------------------- */
+/* vpmaddubsw adds two u8 x s8 products into a *saturating* int16: 255*-128*2 = -65280 does not
+ * fit. Splitting each activation a = (a & 0x7f) + (a & 0x80) keeps both halves exact:
+ * 127*-128*2 = -32512 and 128*-128*2 = -32768 are representable, and vpmaddwd against ones widens
+ * each half to int32 before they are added. */
+
+#define AVX2_TARGET __attribute__((target("avx2")))
+
+static inline __attribute__((always_inline)) AVX2_TARGET __m256i
+avx2_dot4(__m256i acc, __m256i a_lo, __m256i a_hi, __m256i b, __m256i ones)
+{
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a_lo, b), ones));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a_hi, b), ones));
+}
+
+#define AVX2_EACH(X) X(0) X(1) X(2) X(3)
+#define AVX2_INIT(i)                                                                             \
+    __m256i c##i##0 = _mm256_setzero_si256(), c##i##1 = _mm256_setzero_si256();                 \
+    if ((i) < mr && accumulate) {                                                                \
+        c##i##0 = _mm256_loadu_si256((const __m256i *)(c + (i) * ldc));                          \
+        c##i##1 = _mm256_loadu_si256((const __m256i *)(c + (i) * ldc + 8));                      \
+    }
+#define AVX2_ROW(i)                                                                              \
+    if ((i) < mr) {                                                                              \
+        int32_t quad;                                                                            \
+        memcpy(&quad, a + (i) * a_rs + g * a_gs, 4);                                            \
+        const __m256i av = _mm256_set1_epi32(quad);                                              \
+        const __m256i a_lo = _mm256_and_si256(av, low7);                                         \
+        const __m256i a_hi = _mm256_andnot_si256(low7, av);                                      \
+        c##i##0 = avx2_dot4(c##i##0, a_lo, a_hi, b0, ones);                                      \
+        c##i##1 = avx2_dot4(c##i##1, a_lo, a_hi, b1, ones);                                      \
+    }
+#define AVX2_STORE(i)                                                                            \
+    if ((i) < mr) {                                                                              \
+        _mm256_storeu_si256((__m256i *)(c + (i) * ldc), c##i##0);                                \
+        _mm256_storeu_si256((__m256i *)(c + (i) * ldc + 8), c##i##1);                            \
+    }
+
+static inline __attribute__((always_inline)) AVX2_TARGET void
+avx2_ukr(const int mr, int64_t kg, const uint8_t *a, int64_t a_rs, int64_t a_gs, const int8_t *b,
+         int32_t *c, int64_t ldc, int accumulate)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i low7 = _mm256_set1_epi8(0x7f);
+    AVX2_EACH(AVX2_INIT)
+    for (int64_t g = 0; g < kg; g++) {
+        const __m256i b0 = _mm256_loadu_si256((const __m256i *)(b + g * 64));
+        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + g * 64 + 32));
+        AVX2_EACH(AVX2_ROW)
+    }
+    AVX2_EACH(AVX2_STORE)
+}
+
+#define AVX2_UKR(MR_)                                                                             \
+    static AVX2_TARGET void avx2_ukr_##MR_(int64_t kg, const uint8_t *a, int64_t a_rs,             \
+                                           int64_t a_gs, const int8_t *b, int64_t bps,            \
+                                           int32_t *c, int64_t ldc, int acc)                      \
+    {                                                                                             \
+        (void)bps;                                                                                \
+        avx2_ukr(MR_, kg, a, a_rs, a_gs, b, c, ldc, acc);                                         \
+    }
+AVX2_UKR(1)
+AVX2_UKR(2)
+AVX2_UKR(3)
+AVX2_UKR(4)
+static const ukr_fn avx2_table[AVX2_MR] = {avx2_ukr_1, avx2_ukr_2, avx2_ukr_3, avx2_ukr_4};
+
+/* ---- portable C ---------------------------------------------------------------------------- */
+
+static void generic_ukr(int mr, int64_t kg, const uint8_t *a, int64_t a_rs, int64_t a_gs,
+                        const int8_t *b, int32_t *c, int64_t ldc, int accumulate)
+{
+    int32_t acc[GENERIC_MR][16];
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < 16; j++)
+            acc[i][j] = accumulate ? c[i * ldc + j] : 0;
+    for (int64_t g = 0; g < kg; g++) {
+        const int8_t *bg = b + g * 64;
+        for (int i = 0; i < mr; i++) {
+            const uint8_t *ag = a + i * a_rs + g * a_gs;
+            for (int j = 0; j < 16; j++)
+                acc[i][j] += ag[0] * bg[j * 4] + ag[1] * bg[j * 4 + 1] + ag[2] * bg[j * 4 + 2]
+                             + ag[3] * bg[j * 4 + 3];
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < 16; j++)
+            c[i * ldc + j] = acc[i][j];
+}
+
+/* A is read at a + i * a_rs + g * a_gs (row i, group g of 4 along K): packed slabs have
+ * a_rs = 4, a_gs = 4 * MR; a row-major A used in place has a_rs = its row stride, a_gs = 4. */
+static void run_ukr(int isa, int mr, int np, int64_t kg, const uint8_t *a, int64_t a_rs,
+                    int64_t a_gs, const int8_t *b, int64_t bps, int32_t *c, int64_t ldc,
+                    int accumulate)
+{
+    switch (isa) {
+    case QG_ISA_VNNI: vnni_table[mr - 1][np - 1](kg, a, a_rs, a_gs, b, bps, c, ldc, accumulate); break;
+    case QG_ISA_AVX2: avx2_table[mr - 1](kg, a, a_rs, a_gs, b, bps, c, ldc, accumulate); break;
+    default: generic_ukr(mr, kg, a, a_rs, a_gs, b, c, ldc, accumulate); break;
+    }
+}
+
+/* ---- epilogue ------------------------------------------------------------------------------ */
+
+/* Round half to even (onnxruntime's QuantizeLinear) for |v| <= 2^22, the default rounding
+ * mode of an add that pushes the fraction out of a float's 24-bit significand; unlike
+ * cvtss2si it vectorizes at every ISA level. */
+#define QG_ROUNDING_SHIFT 12582912.0f /* 1.5 * 2^23 */
+static inline float round_half_even(float v)
+{
+    return (v + QG_ROUNDING_SHIFT) - QG_ROUNDING_SHIFT;
+}
+
+static inline int32_t corrected_sum(const qg_args *p, int32_t raw, int64_t n)
+{
+    return raw - p->a_zero_point * p->col_sums[n] + p->bias[n];
+}
+
+static inline float clamp(float v, float lo, float hi)
+{
+    v = v < lo ? lo : v;
+    return v > hi ? hi : v;
+}
+
+/* uint8: lo/hi are quantized bounds; clamping before rounding is the same as after, since the
+ * bounds are integers, and keeps v inside round_half_even's range. The bounds come in relative to
+ * the zero point (lo - zp, hi - zp) so that loops can hoist them. */
+static inline uint8_t requantize(int32_t y, float mult, float lo_rel, float hi_rel, int32_t zp)
+{
+    return (uint8_t)((int32_t)round_half_even(clamp((float)y * mult, lo_rel, hi_rel)) + zp);
+}
+
+/* One output element from one int32 sum: the definition the vectorized loops below follow. */
+static inline void epilogue_one(const qg_args *p, int32_t raw, int64_t r, int64_t n)
+{
+    const int32_t y = corrected_sum(p, raw, n);
+    const int64_t at = r * p->out_rs + n * p->out_cs;
+    if (p->out_kind == QG_OUT_INT32)
+        ((int32_t *)p->out)[at] = p->relu && y < 0 ? 0 : y;
+    else if (p->out_kind == QG_OUT_FLOAT32)
+        ((float *)p->out)[at] = clamp((float)y * p->mult[n], p->lo, p->hi);
+    else
+        ((uint8_t *)p->out)[at] = requantize(y, p->mult[n], p->lo - (float)p->out_zero_point,
+                                             p->hi - (float)p->out_zero_point, p->out_zero_point);
+}
+
+/* The epilogue runs once per output element, O(MN) against the product's O(MNK), but a scalar
+ * loop with a branch per element cost a quarter of a 1024^3 GEMM: these loops are branch-free per
+ * element and cloned per ISA so that the compiler vectorizes them. Every field of p is copied to a
+ * local first: a uint8 store may alias p, which would force a reload per element. */
+#define QG_EPILOGUE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+/* Row-major output and sums: channel parameters vary along the contiguous direction. */
+QG_EPILOGUE_CLONES static void epilogue_rows(const qg_args *p, const int32_t *acc, int64_t rs,
+                                             int64_t m0, int64_t mc, int64_t n0, int64_t nc)
+{
+    const int32_t za = p->a_zero_point, zp = p->out_zero_point;
+    const int32_t *restrict sums = p->col_sums + n0, *restrict bias = p->bias + n0;
+    const float *restrict mult = p->mult ? p->mult + n0 : NULL;
+    const float lo = p->lo, hi = p->hi, lo_rel = lo - (float)zp, hi_rel = hi - (float)zp;
+    const int32_t floor = p->relu ? 0 : INT32_MIN;
+    for (int64_t i = 0; i < mc; i++) {
+        const int32_t *restrict src = acc + i * rs;
+        const int64_t at = (m0 + i) * p->out_rs + n0;
+        if (p->out_kind == QG_OUT_INT32) {
+            int32_t *restrict o = (int32_t *)p->out + at;
+            for (int64_t j = 0; j < nc; j++) {
+                const int32_t y = src[j] - za * sums[j] + bias[j];
+                o[j] = y < floor ? floor : y;
+            }
+        } else if (p->out_kind == QG_OUT_FLOAT32) {
+            float *restrict o = (float *)p->out + at;
+            for (int64_t j = 0; j < nc; j++)
+                o[j] = clamp((float)(src[j] - za * sums[j] + bias[j]) * mult[j], lo, hi);
+        } else {
+            uint8_t *restrict o = (uint8_t *)p->out + at;
+            for (int64_t j = 0; j < nc; j++)
+                o[j] = requantize(src[j] - za * sums[j] + bias[j], mult[j], lo_rel, hi_rel, zp);
+        }
+    }
+}
+
+/* Column-contiguous output (a convolution writing NCHW from [pixels, channels] sums): one
+ * channel's parameters serve a whole contiguous run. */
+QG_EPILOGUE_CLONES static void epilogue_cols(const qg_args *p, const int32_t *acc, int64_t rs,
+                                             int64_t cs, int64_t m0, int64_t mc, int64_t n0,
+                                             int64_t nc)
+{
+    const int32_t zp = p->out_zero_point;
+    const float lo = p->lo, hi = p->hi, lo_rel = lo - (float)zp, hi_rel = hi - (float)zp;
+    const int32_t floor = p->relu ? 0 : INT32_MIN;
+    for (int64_t j = 0; j < nc; j++) {
+        const int64_t n = n0 + j;
+        const int32_t *restrict src = acc + j * cs;
+        const int64_t at = n * p->out_cs + m0;
+        const int32_t shift = p->bias[n] - p->a_zero_point * p->col_sums[n];
+        const float mult = p->mult ? p->mult[n] : 0.0f;
+        if (p->out_kind == QG_OUT_INT32) {
+            int32_t *restrict o = (int32_t *)p->out + at;
+            for (int64_t i = 0; i < mc; i++) {
+                const int32_t y = src[i * rs] + shift;
+                o[i] = y < floor ? floor : y;
+            }
+        } else if (p->out_kind == QG_OUT_FLOAT32) {
+            float *restrict o = (float *)p->out + at;
+            for (int64_t i = 0; i < mc; i++)
+                o[i] = clamp((float)(src[i * rs] + shift) * mult, lo, hi);
+        } else {
+            uint8_t *restrict o = (uint8_t *)p->out + at;
+            for (int64_t i = 0; i < mc; i++)
+                o[i] = requantize(src[i * rs] + shift, mult, lo_rel, hi_rel, zp);
+        }
+    }
+}
+
+void qg_epilogue(const qg_args *p, const int32_t *acc, int64_t rs, int64_t cs, int64_t m0,
+                 int64_t mc, int64_t n0, int64_t nc)
+{
+    if (cs == 1 && p->out_cs == 1) {
+        epilogue_rows(p, acc, rs, m0, mc, n0, nc);
+    } else if (p->out_rs == 1) {
+        epilogue_cols(p, acc, rs, cs, m0, mc, n0, nc);
+    } else {
+        for (int64_t i = 0; i < mc; i++)
+            for (int64_t j = 0; j < nc; j++)
+                epilogue_one(p, acc[i * rs + j * cs], m0 + i, n0 + j);
+    }
+}
+
+/* ---- the loops around the micro-kernel ------------------------------------------------------- */
+
+int64_t qg_tile_count(const qg_args *p)
+{
+    return ((p->m + QG_MC - 1) / QG_MC) * ((p->n + p->nc - 1) / p->nc);
+}
+
+int qg_tile(const qg_args *p, int64_t tile)
+{
+    const int mr = qg_mr(p->isa), np = qg_np(p->isa);
+    const int64_t n_tiles_n = (p->n + p->nc - 1) / p->nc;
+    const int64_t m0 = (tile / n_tiles_n) * QG_MC, n0 = (tile % n_tiles_n) * p->nc;
+    const int64_t mc = p->m - m0 < QG_MC ? p->m - m0 : QG_MC;
+    const int64_t nc = p->n - n0 < p->nc ? p->n - n0 : p->nc;
+    const int64_t panels = (nc + 15) / 16, ldc = panels * 16;
+    const int64_t bps = p->k4 * 64; /* bytes from one 16-column panel to the next */
+    int32_t *c = aligned_alloc(64, (size_t)((mc * ldc * 4 + 63) / 64 * 64));
+    if (!c)
+        return -1;
+    /* BLIS loops 3-1: KC blocks of the reduction; NR column groups; MR row slabs. The KC loop
+     * runs at least once, so that K = 0 still zeroes the tile. */
+    int64_t g0 = 0;
+    do {
+        const int64_t kg = p->k4 - g0 < QG_KC_GROUPS ? p->k4 - g0 : QG_KC_GROUPS;
+        for (int64_t jp = 0; jp < panels; jp += np) {
+            const int npc = (int)(panels - jp < np ? panels - jp : np);
+            const int8_t *b = p->bpack + (n0 / 16 + jp) * bps + g0 * 64;
+            for (int64_t i = 0; i < mc; i += mr) {
+                const int mrc = (int)(mc - i < mr ? mc - i : mr);
+                const uint8_t *a;
+                int64_t a_rs, a_gs;
+                if (p->apack) {
+                    a = p->apack + (((m0 + i) / mr) * p->k4 + g0) * mr * 4;
+                    a_rs = 4;
+                    a_gs = (int64_t)mr * 4;
+                } else {
+                    a = p->a + (m0 + i) * p->a_rs + g0 * 4;
+                    a_rs = p->a_rs;
+                    a_gs = 4;
+                }
+                run_ukr(p->isa, mrc, npc, kg, a, a_rs, a_gs, b, bps, c + i * ldc + jp * 16, ldc,
+                        g0 > 0);
+            }
+        }
+        g0 += QG_KC_GROUPS;
+    } while (g0 < p->k4);
+    qg_epilogue(p, c, ldc, 1, m0, mc, n0, nc);
+    free(c);
+    return 0;
+}
