@@ -106,6 +106,8 @@ def inspect(model, dims, nodes, top, as_json, no_check):
 @click.option("--skip", multiple=True, metavar="PASS", help="Leave out a pass by name (repeatable).")
 @click.option("--fold-limit-mb", type=click.FloatRange(min=0), default=64.0, show_default=True,
               help="Largest tensor constant folding may create.")
+@click.option("--fuse/--no-fuse", default=True, show_default=True,
+              help="Run the fusion passes after cleanup (BatchNorm/bias/scale folding, Gelu, LayerNorm, ...).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check the result against MODEL on onnxruntime with seeded inputs.")
 @click.option("--rtol", type=float, default=1e-5, show_default=True,
@@ -114,12 +116,15 @@ def inspect(model, dims, nodes, top, as_json, no_check):
 @click.option("--external-data/--no-external-data", default=None,
               help="Store weights in OUTPUT.data (default: only when the model exceeds 2 GiB).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, verify, rtol, seed, external_data,
+def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, fuse, verify, rtol, seed, external_data,
              as_json):
     """Rewrite MODEL with graph passes, verify the result and write it to OUTPUT.
 
     Runs the cleanup passes: shape inference, no-op removal, constant folding, initializer
-    de-duplication, dead-code removal (and an opset upgrade with --opset). Nothing is written if
+    de-duplication, dead-code removal (and an opset upgrade with --opset); then, unless
+    --no-fuse, the fusion passes: BatchNormalization, bias and scale folded into Conv/Gemm,
+    MatMul+Add to Gemm, Gelu, LayerNormalization, HardSigmoid/HardSwish, Transpose and Reshape
+    chains collapsed (attention and SiLU are recognised and reported). Nothing is written if
     verification fails; the first pass that broke the model is named and the exit status is 1.
 
     Example: graphopt optimize model.onnx -o model.opt.onnx
@@ -134,7 +139,8 @@ def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, verify, 
     dims = parse_dims(dims)
     check_dims(loaded, dims)
     result = optimize_model(loaded, opset=opset, dims=dims, skip=skip,
-                            fold_limit_bytes=int(fold_limit_mb * (1 << 20)), verify=verify, rtol=rtol, seed=seed)
+                            fold_limit_bytes=int(fold_limit_mb * (1 << 20)), verify=verify, rtol=rtol, seed=seed,
+                            fuse=fuse)
     if result.ok:
         graphopt.save_model(result.model, target, external_data=external_data, protect=() if in_place else (model,))
     if as_json:
@@ -145,7 +151,7 @@ def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, verify, 
             out.print(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
     if not result.ok:
         err.print(f"graphopt: verification failed; first failing pass: {result.culprit or 'unknown'}; "
-                  f"nothing written (rerun with --skip {result.culprit or 'PASS'})", soft_wrap=True)
+                  f"nothing written (rerun with --skip {result.culprit or 'PASS'}, or allow more error with --rtol)", soft_wrap=True)
         sys.exit(EXIT_VERIFICATION_FAILED)
 
 

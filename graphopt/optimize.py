@@ -8,10 +8,11 @@ from rich.table import Table
 from graphopt.errors import PassError
 from graphopt.passes import DEFAULT_FOLD_LIMIT_BYTES, PassContext, PassManager, PipelineResult
 from graphopt.passes.cleanup import cleanup_passes
+from graphopt.passes.fusion import fusion_passes
 
 
-def build_pipeline(ctx: PassContext, skip: tuple[str, ...] | list[str] = ()) -> list:
-    passes = cleanup_passes(ctx)
+def build_pipeline(ctx: PassContext, skip: tuple[str, ...] | list[str] = (), fuse: bool = True) -> list:
+    passes = cleanup_passes(ctx) + (fusion_passes(ctx) if fuse else [])
     known = {p.name for p in passes}
     unknown = sorted(set(skip) - known)
     if unknown:
@@ -21,10 +22,16 @@ def build_pipeline(ctx: PassContext, skip: tuple[str, ...] | list[str] = ()) -> 
 
 def optimize_model(model: onnx.ModelProto, *, opset: int | None = None, dims: dict[str, int] | None = None,
                    skip: tuple[str, ...] | list[str] = (), fold_limit_bytes: int = DEFAULT_FOLD_LIMIT_BYTES,
-                   verify: bool = True, rtol: float = 1e-5, seed: int = 0) -> PipelineResult:
-    """Run the default pipeline on ``model``; with ``verify``, check the result on onnxruntime."""
+                   verify: bool = True, rtol: float = 1e-5, seed: int = 0, fuse: bool = True) -> PipelineResult:
+    """Run the default pipeline (cleanup, then fusion unless ``fuse`` is false) on ``model``;
+    with ``verify``, check the result on onnxruntime."""
     ctx = PassContext(target_opset=opset, dims=dict(dims or {}), fold_limit_bytes=fold_limit_bytes, seed=seed)
-    return PassManager(build_pipeline(ctx, skip), ctx).run(model, check=verify, rtol=rtol)
+    result = PassManager(build_pipeline(ctx, skip, fuse), ctx).run(model, check=verify, rtol=rtol)
+    # Intermediate shapes written into the file change which fusions onnxruntime applies, not
+    # always for the better (bert-mini: 1.11x slower with them, bench/results/fusion.md);
+    # onnxruntime and Netron infer them anyway.
+    del result.model.graph.value_info[:]
+    return result
 
 
 def render_result(result: PipelineResult, console: Console) -> None:
