@@ -8,5 +8,6 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 from graphopt.errors import GraphoptError
 from graphopt.model_io import load_model, save_model
+from graphopt.quantize import quantize
 
-__all__ = ["GraphoptError", "__version__", "load_model", "save_model"]
+__all__ = ["GraphoptError", "__version__", "load_model", "quantize", "save_model"]

@@ -108,16 +108,38 @@ def inspect(model, dims, nodes, top, as_json, no_check):
               help="Largest tensor constant folding may create.")
 @click.option("--fuse/--no-fuse", default=True, show_default=True,
               help="Run the fusion passes after cleanup (BatchNorm/bias/scale folding, Gelu, LayerNorm, ...).")
+@click.option("--quantize", "quantize_mode", type=click.Choice(["int8", "dynamic"]),
+              help="int8: static QDQ (U8S8, per-channel weights) calibrated on --calibration; "
+                   "dynamic: int8 MatMul/Gemm weights, activations quantized at run time.")
+@click.option("--calibration", metavar="DATA",
+              help="Calibration inputs: FILE.npz (one array per input, samples on axis 0), module:function "
+                   "or file.py:function returning feed dicts, or 'random' (only for trying things out).")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True, help="How activation ranges are chosen from calibration data.")
+@click.option("--percentile", type=click.FloatRange(50, 100), default=99.99, show_default=True,
+              help="With --method percentile: the share of values kept inside the range.")
+@click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
+@click.option("--activation-type", type=click.Choice(["u8", "s8"]), default="u8", show_default=True,
+              help="Activation integer type (u8 is the fast one on x86 onnxruntime).")
+@click.option("--exclude", multiple=True, metavar="NODE_OR_OP", help="Keep a node, or every node of an op type, "
+              "in fp32 (repeatable).")
+@click.option("--keep-fp32", metavar="LIST", default="", help="Comma list of node names, 'first' or 'last' "
+              "(the first/last quantizable layer) to keep in fp32.")
+@click.option("--calibration-batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Samples per calibration run.")
+@click.option("--report-layers", is_flag=True, help="With --quantize: SQNR of every quantized tensor, not only "
+              "the outputs.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Check the result against MODEL on onnxruntime with seeded inputs.")
+              help="Check the fp32 rewrite against MODEL on onnxruntime with seeded inputs.")
 @click.option("--rtol", type=float, default=1e-5, show_default=True,
               help="Largest error allowed, relative to each output's largest magnitude.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the verification inputs.")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store weights in OUTPUT.data (default: only when the model exceeds 2 GiB).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, fuse, verify, rtol, seed, external_data,
-             as_json):
+def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, fuse, quantize_mode, calibration, method,
+             percentile, per_tensor, activation_type, exclude, keep_fp32, calibration_batch, report_layers, verify,
+             rtol, seed, external_data, as_json):
     """Rewrite MODEL with graph passes, verify the result and write it to OUTPUT.
 
     Runs the cleanup passes: shape inference, no-op removal, constant folding, initializer
@@ -126,14 +148,22 @@ def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, fuse, ve
     MatMul+Add to Gemm, Gelu, LayerNormalization, HardSigmoid/HardSwish, Transpose and Reshape
     chains collapsed (attention and SiLU are recognised and reported). Nothing is written if
     verification fails; the first pass that broke the model is named and the exit status is 1.
+    With --quantize, the verified fp32 result is then quantized and the error of each output
+    (and with --report-layers each quantized tensor) against fp32 is reported as SQNR and cosine.
 
-    Example: graphopt optimize model.onnx -o model.opt.onnx
+    Example: graphopt optimize model.onnx -o model.int8.onnx --quantize int8 --calibration calib.npz
     """
     from graphopt.feeds import check_dims, parse_dims
-    from graphopt.optimize import optimize_model, render_result
+    from graphopt.optimize import optimize_model, quantize_result_json, render_quantization, render_result, \
+        run_quantization
 
     if in_place == (output is not None):
         raise GraphoptError("give either -o OUTPUT or --in-place", "e.g. graphopt optimize m.onnx -o m.opt.onnx")
+    if quantize_mode == "int8" and not calibration:
+        raise GraphoptError("--quantize int8 needs --calibration DATA",
+                            "pass an .npz of sample inputs, or --calibration random to try it out")
+    if calibration and not quantize_mode:
+        raise GraphoptError("--calibration is only used with --quantize", "add --quantize int8")
     target = model if in_place else output
     loaded = graphopt.load_model(model)
     dims = parse_dims(dims)
@@ -141,17 +171,30 @@ def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, fuse, ve
     result = optimize_model(loaded, opset=opset, dims=dims, skip=skip,
                             fold_limit_bytes=int(fold_limit_mb * (1 << 20)), verify=verify, rtol=rtol, seed=seed,
                             fuse=fuse)
+    quantized = None
+    if result.ok and quantize_mode:
+        quantized = run_quantization(
+            result.model, quantize_mode, calibration, err if not as_json else None, method=method,
+            percentile=percentile, per_channel=not per_tensor, activation_type=activation_type, exclude=exclude,
+            keep_fp32=[k for k in keep_fp32.split(",") if k], batch_size=calibration_batch, dims=dims, seed=seed)
+    final = quantized.result.model if quantized else result.model
     if result.ok:
-        graphopt.save_model(result.model, target, external_data=external_data, protect=() if in_place else (model,))
+        graphopt.save_model(final, target, external_data=external_data, protect=() if in_place else (model,))
     if as_json:
-        click.echo(json.dumps(result_json(model, target if result.ok else None, result), indent=2))
+        report = result_json(model, target if result.ok else None, result)
+        if quantized:
+            report["quantization"] = quantize_result_json(quantized)
+        click.echo(json.dumps(report, indent=2))
     else:
         render_result(result, out)
+        if quantized:
+            render_quantization(quantized, out, all_layers=report_layers)
         if result.ok:
             out.print(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
     if not result.ok:
         err.print(f"graphopt: verification failed; first failing pass: {result.culprit or 'unknown'}; "
-                  f"nothing written (rerun with --skip {result.culprit or 'PASS'}, or allow more error with --rtol)", soft_wrap=True)
+                  f"nothing written (rerun with --skip {result.culprit or 'PASS'}, or allow more error with --rtol)",
+                  soft_wrap=True)
         sys.exit(EXIT_VERIFICATION_FAILED)
 
 

@@ -1,5 +1,6 @@
 """The command line as users run it: version, help, optimize's outputs, the demo."""
 import json
+from pathlib import Path
 
 import onnx
 
@@ -7,6 +8,8 @@ import graphopt
 from graphopt.demo import build_demo_model
 from graphopt.verify import verify
 from tests.conftest import make_linear_model
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def test_version_help_and_module_entry(cli):
@@ -75,3 +78,44 @@ def test_demo_runs_end_to_end(tmp_path, cli):
     assert proc.returncode == 0, proc.stderr
     assert "graphopt inspect" in proc.stdout and "verification on onnxruntime" in proc.stdout
     assert (tmp_path / "demo.opt.onnx").is_file()
+
+
+def digits_accuracy(model_path) -> float:
+    import numpy as np
+    import onnxruntime as ort
+
+    data = np.load(MODELS / "digits_test.npz")
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"image": data["image"]})[0]
+    return float(np.mean(logits.argmax(axis=1) == data["label"]))
+
+
+def test_optimize_quantize_int8_keeps_digits_accuracy(tmp_path, cli):
+    target = tmp_path / "digits.int8.onnx"
+    proc = cli("optimize", MODELS / "digits_cnn.onnx", "-o", target, "--quantize", "int8",
+               "--calibration", MODELS / "digits_calib.npz", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["quantization"]["mode"] == "static" and report["quantization"]["calibration_samples"] == 200
+    assert report["quantization"]["outputs"][0]["cosine"] > 0.99
+    quantized = graphopt.load_model(target)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in quantized.graph.node}
+    drop = digits_accuracy(MODELS / "digits_cnn.onnx") - digits_accuracy(target)
+    assert drop <= 0.005
+
+
+def test_optimize_quantize_human_output_and_bad_calibration(tmp_path, cli):
+    target = tmp_path / "d.onnx"
+    proc = cli("optimize", MODELS / "digits_cnn.onnx", "-o", target, "--quantize", "int8",
+               "--calibration", MODELS / "digits_calib.npz", "--report-layers")
+    assert proc.returncode == 0, proc.stderr
+    assert "quantization (static, 200 calibration samples)" in proc.stdout and "SQNR dB" in proc.stdout
+    proc = cli("optimize", MODELS / "digits_cnn.onnx", "-o", tmp_path / "x.onnx", "--quantize", "int8")
+    assert proc.returncode == 2 and "--quantize int8 needs --calibration" in proc.stderr
+    bad = tmp_path / "bad.npz"
+    import numpy as np
+    np.savez(bad, pixels=np.zeros((4, 1, 8, 8), np.float32))
+    proc = cli("optimize", MODELS / "digits_cnn.onnx", "-o", tmp_path / "x.onnx", "--quantize", "int8",
+               "--calibration", bad)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "x.onnx").exists()
