@@ -39,10 +39,11 @@ def optimize_model(model: onnx.ModelProto, *, opset: int | None = None, dims: di
     return result
 
 
-def _passes_table(result: PipelineResult, title: str) -> Table:
-    passes = Table(title=title, title_justify="left")
+def _print_passes(result: PipelineResult, title: str, console: Console) -> None:
+    """A row per pass that changed something; the others on one line below."""
+    table = Table(title=title, title_justify="left")
     for column in ("pass", "nodes", "rewrites", "ms"):
-        passes.add_column(column, justify="right" if column in ("nodes", "ms") else "left")
+        table.add_column(column, justify="right" if column in ("nodes", "ms") else "left")
     idle = []
     for r in result.reports:
         if not r.changed and not r.notes:
@@ -51,21 +52,23 @@ def _passes_table(result: PipelineResult, title: str) -> Table:
         rewrites = ", ".join(f"{rule} ×{n}" for rule, n in r.rewrites.most_common()) or "-"
         if r.notes:
             rewrites += "".join(f"\n[dim]{note}[/dim]" for note in r.notes)
-        passes.add_row(r.name, f"{r.nodes_before} → {r.nodes_after}", rewrites, f"{r.seconds * 1e3:.0f}")
+        table.add_row(r.name, f"{r.nodes_before} → {r.nodes_after}", rewrites, f"{r.seconds * 1e3:.0f}")
+    if table.rows:
+        console.print(table)
+    else:
+        console.print(f"{title}: no changes")
+    idle = [name for name in dict.fromkeys(idle) if name not in {r.name for r in result.reports if r.changed}]
     if idle:
-        passes.caption = "found nothing to do: " + ", ".join(dict.fromkeys(idle))
-        passes.caption_justify = "left"
-    return passes
+        console.print("[dim]found nothing to do: " + ", ".join(idle) + "[/dim]")
 
 
 def render_result(result: PipelineResult, console: Console) -> None:
-    console.print(_passes_table(result, "passes"))
+    _print_passes(result, "passes", console)
     v = result.verification
     if v is None:
         console.print("verification: skipped (--no-verify)")
         return
-    table = Table(title=f"verification on onnxruntime (seed {v.seed}, rtol {v.rtol:g}, inputs "
-                        + ", ".join(f"{k}{v_}" for k, v_ in v.input_shapes.items()) + ")", title_justify="left")
+    table = Table(title="verification on onnxruntime", title_justify="left")
     for column in ("output", "shape", "max abs", "max rel", "cosine", "ok"):
         table.add_column(column, justify="left" if column in ("output", "ok") else "right")
     for o in v.outputs:
@@ -73,6 +76,9 @@ def render_result(result: PipelineResult, console: Console) -> None:
         table.add_row(o.name, "×".join(map(str, o.shape)), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}",
                       f"{o.cosine:.6f}", status)
     console.print(table)
+    console.print("[dim]seeded inputs (seed " + str(v.seed) + "): "
+                  + ", ".join(f"{k}{shape}" for k, shape in v.input_shapes.items())
+                  + f"; ok = max rel ≤ {v.rtol:g}[/dim]")
 
 
 @dataclasses.dataclass
@@ -143,7 +149,7 @@ def render_quantization(q: Quantization, console: Console, *, all_layers: bool =
     r = q.result
     title = f"quantization ({r.mode}" + (f", {r.calibration_samples} calibration samples" if r.calibration_samples
                                          else "") + ")"
-    console.print(_passes_table(r, title))
+    _print_passes(r, title, console)
     outputs = [layer for layer in q.layers if layer.name in q.output_names]
     inner = sorted((layer for layer in q.layers if layer.name not in q.output_names), key=lambda x: x.sqnr_db)
     shown = inner if all_layers else inner[:WORST_LAYERS_SHOWN]
