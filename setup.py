@@ -22,9 +22,9 @@ EXTENSIONS = [
     ),
     Extension(
         "graphopt.kernels._qgemm",
-        ["kernels/_qgemm.pyx", "kernels/qgemm.c"],
+        ["kernels/_qgemm.pyx", "kernels/qgemm.c", "kernels/layout.c"],
         include_dirs=[numpy.get_include(), "kernels"],
-        depends=["kernels/qgemm.h"],
+        depends=["kernels/qgemm.h", "kernels/layout.h", "kernels/_epilogue.pxi"],
         # OpenMP for prange: tiles of the product run on `threads` cores with the GIL released.
         extra_compile_args=KERNEL_FLAGS + ["-fopenmp"],
         extra_link_args=["-fopenmp"],
@@ -32,9 +32,11 @@ EXTENSIONS = [
     ),
     Extension(
         "graphopt.kernels._conv",
-        ["kernels/_conv.pyx", "kernels/depthwise.c", "kernels/layout.c"],
+        # The convolutions run qgemm.c's micro-kernels and epilogue (a copy linked in here).
+        ["kernels/_conv.pyx", "kernels/qgemm.c", "kernels/depthwise.c", "kernels/layout.c"],
         include_dirs=[numpy.get_include(), "kernels"],
-        depends=["kernels/depthwise.h", "kernels/layout.h"],
+        depends=["kernels/qgemm.h", "kernels/depthwise.h", "kernels/layout.h",
+                 "kernels/_epilogue.pxi"],
         extra_compile_args=KERNEL_FLAGS + ["-fopenmp"],
         extra_link_args=["-fopenmp"],
         define_macros=NUMPY_MACROS,

@@ -3,8 +3,10 @@
 A benchmark, not a test. For each shape and thread count, every contender runs once per round,
 in rotation, after warm-up; the table reports medians. Contenders:
 
-* GEMM: graphopt ``qgemm`` with int32 output vs onnxruntime ``MatMulInteger``; ``qgemm`` with
-  uint8 requantized output vs ``QLinearMatMul``; onnxruntime fp32 ``MatMul``.
+* GEMM: graphopt with int32 output vs onnxruntime ``MatMulInteger``; with uint8 requantized
+  output vs ``QLinearMatMul``; onnxruntime fp32 ``MatMul``. graphopt runs as a ``PreparedGemm``
+  (weights and epilogue validated once, as a session holds them, like onnxruntime's session);
+  the plain ``qgemm()`` call, which re-validates its arguments, is timed too and reported for M <= 8.
 * Conv: graphopt ``qconv2d`` with uint8 output vs ``QLinearConv``; onnxruntime fp32 ``Conv``.
 
 Both runtimes block instead of spinning between calls (onnxruntime ``allow_spinning=0``,
@@ -24,6 +26,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# numpy's OpenBLAS pool would otherwise spin on the second core after any BLAS call.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
@@ -91,10 +95,13 @@ def gemm_contenders(m, k, n, threads, rng):
                        [numpy_helper.from_array(w_f, "w")], threads)
     requant = dict(scale=np.float32(A_SCALE) * np.float32(W_SCALE), output="uint8",
                    out_scale=Y_SCALE, out_zero_point=Y_ZP)
+    int32 = kernels.PreparedGemm(packed, A_ZP, threads=threads)
+    uint8 = kernels.PreparedGemm(packed, A_ZP, threads=threads, **requant)
     return {
-        "graphopt int32": lambda: kernels.qgemm(a, A_ZP, packed, threads=threads),
+        "graphopt int32": lambda: int32(a),
+        "graphopt int32 qgemm()": lambda: kernels.qgemm(a, A_ZP, packed, threads=threads),
         "ort MatMulInteger": lambda: mmi.run(None, {"a": a}),
-        "graphopt uint8": lambda: kernels.qgemm(a, A_ZP, packed, threads=threads, **requant),
+        "graphopt uint8": lambda: uint8(a),
         "ort QLinearMatMul": lambda: qlmm.run(None, {"a": a}),
         "ort fp32 MatMul": lambda: fp32.run(None, {"a": a_f}),
     }
@@ -159,15 +166,19 @@ def cpu_name():
         return platform.processor() or platform.machine()
 
 
-def run(rounds, warmup, threads_list):
+def run(rounds, warmup, threads_list, only=None):
     rng = np.random.default_rng(0)
     rows = []
     for threads in threads_list:
         for m, k, n in GEMM_SHAPES:
+            if only and not any(o in f"{m}x{k}x{n}" for o in only):
+                continue
             med = interleaved_medians(gemm_contenders(m, k, n, threads, rng), rounds, warmup)
             rows.append(dict(kind="gemm", shape=f"{m}x{k}x{n}", m=m, threads=threads,
                              ops=2 * m * k * n, seconds=med))
         for name, shape in CONV_SHAPES:
+            if only and not any(o in name for o in only):
+                continue
             med = interleaved_medians(conv_contenders(shape, threads, rng), rounds, warmup)
             rows.append(dict(kind="conv", shape=name, m=None, threads=threads,
                              ops=conv_ops(shape), seconds=med))
@@ -191,6 +202,8 @@ def summarize(rows):
                                              for r in gemm1]),
         "gemm_vs_MatMulInteger_1t_m_le_8": geomean([ratio(r, "graphopt int32", "ort MatMulInteger")
                                                     for r in gemm1 if r["m"] <= 8]),
+        "gemm_qgemm_call_vs_MatMulInteger_1t_m_le_8": geomean(
+            [ratio(r, "graphopt int32 qgemm()", "ort MatMulInteger") for r in gemm1 if r["m"] <= 8]),
         "gemm_vs_QLinearMatMul_1t": geomean([ratio(r, "graphopt uint8", "ort QLinearMatMul")
                                              for r in gemm1]),
         "conv_vs_QLinearConv_1t": geomean([ratio(r, "graphopt uint8", "ort QLinearConv")
@@ -226,8 +239,8 @@ def markdown(rows, summary, meta):
                      f"{100 * gops / (1000 * VNNI_PEAK_TOPS * r['threads']):.0f}% | "
                      f"{100 * gops / (1000 * AMX_PEAK_TOPS * r['threads']):.0f}% |")
     lines += ["", "GEMM rows compare int32 output with MatMulInteger (the ratio column) and uint8 "
-              "requantized output with QLinearMatMul; conv rows compare uint8 output with "
-              "QLinearConv in both columns.", "", "## Targets (issue 4)", "",
+              "requantized output with QLinearMatMul, graphopt as a PreparedGemm; conv rows "
+              "compare uint8 output (qconv2d) with QLinearConv in both columns.", "", "## Targets (issue 4)", "",
               "| target | measured | met |", "|---|---|---|"]
     targets = [("GEMM geomean vs MatMulInteger, 1 thread", "gemm_vs_MatMulInteger_1t", 1.0),
                ("GEMM geomean vs MatMulInteger, M ≤ 8, 1 thread",
@@ -239,6 +252,8 @@ def markdown(rows, summary, meta):
         lines.append(f"| {label} ≥ {goal} | {value:.2f} | {'yes' if value >= goal else 'no'} |")
     lines.append(f"| (info) GEMM geomean uint8 vs QLinearMatMul, 1 thread | "
                  f"{summary['gemm_vs_QLinearMatMul_1t']:.2f} | |")
+    lines.append(f"| (info) GEMM geomean vs MatMulInteger, M ≤ 8, 1 thread, plain qgemm() call | "
+                 f"{summary['gemm_qgemm_call_vs_MatMulInteger_1t_m_le_8']:.2f} | |")
     return "\n".join(lines) + "\n"
 
 
@@ -248,11 +263,22 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", nargs="+", metavar="SUBSTRING",
+                        help="run only the shapes whose name contains one of these "
+                             "(e.g. 1x768 dw3x3); for development, targets need every shape")
     args = parser.parse_args(argv)
     meta = dict(isa=kernels.isa(), onnxruntime=ort.__version__, rounds=args.rounds,
                 warmup=args.warmup, cpu=cpu_name(),
                 python=sys.version.split()[0])
-    rows = run(args.rounds, args.warmup, args.threads)
+    rows = run(args.rounds, args.warmup, args.threads, args.only)
+    if args.only:
+        for row in rows:
+            ours = "graphopt int32" if row["kind"] == "gemm" else "graphopt uint8"
+            theirs = "ort MatMulInteger" if row["kind"] == "gemm" else "ort QLinearConv"
+            print(f"{row['kind']} {row['shape']} thr={row['threads']}: "
+                  f"{row['seconds'][ours] * 1e6:.0f} us, ratio "
+                  f"{row['seconds'][theirs] / row['seconds'][ours]:.2f}")
+        return
     summary = summarize(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernels.json").write_text(json.dumps(dict(meta=meta, rows=rows, summary=summary),

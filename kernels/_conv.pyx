@@ -1,6 +1,14 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
-"""Convolution helpers in C: depthwise sums (``depthwise.c``, one plane per task across OpenMP
-threads) and the channels-last transposition of activations (``layout.c``)."""
+"""Convolution drivers in C: the implicit GEMM over a padded channels-last image
+(``qg_conv_tile`` in ``qgemm.c``), the depthwise kernels (``depthwise.c``), and the layout
+changes they read from (``layout.c``). Both convolutions run :func:`qgemm`'s epilogue.
+
+The padded image lives in a per-thread workspace that grows to the largest image seen and is
+reused: a fresh array per call page-faulted its way in on every convolution.
+"""
+import math
+import threading
+
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
@@ -8,15 +16,33 @@ from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
 
 cnp.import_array()
 
+include "_epilogue.pxi"
+
 cdef extern from "layout.h" nogil:
-    void channels_last_u8(const uint8_t *x, int64_t channels, int64_t pixels, uint8_t *out)
+    ctypedef struct pad_shape:
+        int64_t channels, height, width, top, left, padded_width, pixel_stride
+    void transpose_u8(const uint8_t *src, int64_t rows, int64_t cols, int64_t src_rs,
+                      uint8_t *dst, int64_t dst_rs)
+    void pad_channels_last_rows(const pad_shape *s, const uint8_t *x, uint8_t zero_point,
+                                uint8_t *out, int64_t row0, int64_t row1)
+    void pad_c4_planes(const pad_shape *s, const uint8_t *x, uint8_t zero_point, uint8_t *out,
+                       int64_t plane_stride, int64_t g0, int64_t g1)
 
 cdef extern from "depthwise.h" nogil:
+    enum:
+        DW_QUAD
     ctypedef struct dw_shape:
         int64_t height, width, out_height, out_width
         int kh, kw, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w
-    int dw_plane(const dw_shape *s, const uint8_t *x, int32_t zero_point, const int8_t *w,
-                  int32_t *out)
+    int dw_vbmi_supported()
+    int dw_vbmi_fits(const dw_shape *s)
+    int dw_planes_vbmi(const dw_shape *s, const uint8_t *x, const int32_t *quads,
+                       const qg_args *p, int64_t c0, int64_t c1)
+    int dw_rows_portable(const dw_shape *s, int64_t channels, int64_t padded_width,
+                         int64_t pixel_stride, const uint8_t *x, const int32_t *w,
+                         const qg_args *p, int64_t row0, int64_t row1)
+
+_workspace = threading.local()
 
 
 def conv_output_size(size, kernel, stride, pad_begin, pad_end, dilation):
@@ -24,45 +50,271 @@ def conv_output_size(size, kernel, stride, pad_begin, pad_end, dilation):
     return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def depthwise_conv2d_sums(x, int x_zero_point, w, stride=(1, 1), pads=(0, 0, 0, 0),
-                          dilation=(1, 1), int threads=1):
-    """int32 ``sum (x - x_zero_point) * w`` of a depthwise convolution of uint8 NCHW ``x``.
+def _scratch(int64_t nbytes):
+    """This thread's reusable uint8 buffer of at least ``nbytes``."""
+    buf = getattr(_workspace, "buf", None)
+    if buf is None or buf.size < nbytes:
+        buf = np.zeros(nbytes, np.uint8)
+        _workspace.buf = buf
+    return buf
 
-    ``w[C, KH, KW]`` int8, one filter per channel; padded taps contribute nothing (a padded input
-    equals the zero point).
+
+cdef int64_t _pad_image(object x, int zero_point, int64_t top, int64_t left, int64_t hp,
+                        int64_t wp, int64_t pixel_stride, int64_t slack, uint8_t **image,
+                        int threads) except -1:
+    """``x[C, H, W]`` into this thread's workspace as [hp][wp][pixel_stride] with zero points
+    around it; ``slack`` more pixels after the last row are readable. Sets ``*image``."""
+    cdef const uint8_t[:, :, ::1] xv = np.ascontiguousarray(x)
+    cdef pad_shape s
+    s.channels, s.height, s.width = xv.shape[0], xv.shape[1], xv.shape[2]
+    s.top, s.left, s.padded_width, s.pixel_stride = top, left, wp, pixel_stride
+    buf = _scratch((hp * wp + slack) * pixel_stride)
+    cdef uint8_t *out = <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>buf)
+    cdef int64_t r, rows_per = 8, chunks = (hp + rows_per - 1) // rows_per
+    cdef uint8_t zp = zero_point
+    cdef const uint8_t *src = &xv[0, 0, 0] if xv.size else NULL
+    if not xv.size:
+        s.height = 0  # every row is border
+    if threads == 1:  # no OpenMP region: entering one costs microseconds
+        with nogil:
+            pad_channels_last_rows(&s, src, zp, out, 0, hp)
+    else:
+        for r in prange(chunks, nogil=True, num_threads=threads, schedule="static"):
+            pad_channels_last_rows(&s, src, zp, out, r * rows_per, min(hp, (r + 1) * rows_per))
+    image[0] = out
+    return 0
+
+
+cdef object _tap_offsets(int64_t kh, int64_t kw, int64_t row_step, int64_t col_step):
+    """int64 ``[kh * kw]``: bytes from a pixel's first tap to tap (i, j), row-major."""
+    offsets = np.empty(kh * kw, np.int64)
+    cdef int64_t[::1] view = offsets
+    cdef int64_t i, j
+    for i in range(kh):
+        for j in range(kw):
+            view[i * kw + j] = i * row_step + j * col_step
+    return offsets
+
+
+def implicit_conv2d(x, int x_zero_point, weights, kernel, stride, pads, dilation, out, *,
+                    bias=None, scale=None, output="int32", out_scale=None, int out_zero_point=0,
+                    bint relu=False, clip=None, int threads=1, int isa_code=QG_ISA_GENERIC,
+                    weight_rows=None):
+    """One image and group: uint8 ``x[C, H, W]`` into ``out[OH*OW, OC]`` (any strides).
+
+    ``weights`` is a :class:`PackedWeights` of ``[KH*KW*C4, OC]``, rows in (kh, kw, c) order with
+    channels padded to C4 = ceil(C/4)*4 (zero rows). Pads must be >= 0. ``weight_rows``, the
+    same matrix transposed (int8 ``[OC, KH*KW*C4]``), lets a stride-1 convolution on the VNNI
+    path run transposed (:func:`_transposed_conv2d`).
     """
-    cdef const uint8_t[:, :, :, ::1] xv = np.ascontiguousarray(x, np.uint8)
-    cdef const int8_t[:, :, ::1] wv = np.ascontiguousarray(w, np.int8)
-    cdef dw_shape s
-    batch, channels, s.height, s.width = x.shape
-    s.kh, s.kw = wv.shape[1], wv.shape[2]
-    if wv.shape[0] != channels:
-        raise ValueError(f"{wv.shape[0]} filters for {channels} channels")
-    s.stride_h, s.stride_w = stride
-    s.pad_top, s.pad_left = pads[0], pads[1]
-    s.dilation_h, s.dilation_w = dilation
-    s.out_height = conv_output_size(s.height, s.kh, stride[0], pads[0], pads[2], dilation[0])
-    s.out_width = conv_output_size(s.width, s.kw, stride[1], pads[1], pads[3], dilation[1])
-    out = np.empty((batch, channels, s.out_height, s.out_width), np.int32)
-    cdef int32_t[:, :, :, ::1] ov = out
-    cdef int64_t plane, planes = batch * channels, c_count = channels
+    if weight_rows is not None and isa_code == QG_ISA_VNNI and tuple(stride) == (1, 1):
+        return _transposed_conv2d(x, x_zero_point, weights, weight_rows, kernel, pads, dilation,
+                                  out, bias, scale, output, out_scale, out_zero_point, relu, clip,
+                                  threads)
+    cdef qg_args p
+    cdef qg_conv cv
+    cdef int64_t c = x.shape[0], height = x.shape[1], width = x.shape[2]
+    cdef int64_t kh = kernel[0], kw = kernel[1], sh = stride[0], sw = stride[1]
+    cdef int64_t dh = dilation[0], dw = dilation[1]
+    cdef int64_t c4 = (c + 3) // 4 * 4, hp = height + pads[0] + pads[2], wp = width + pads[1] + pads[3]
+    cdef int64_t oh = conv_output_size(height, kh, sh, pads[0], pads[2], dh)
+    cdef int64_t ow = conv_output_size(width, kw, sw, pads[1], pads[3], dw)
+    keep = _prepare_params(&p, weights.n, bias, scale, output, out_scale, out_zero_point, relu,
+                           clip)
+    _prepare_out(&p, oh * ow, weights.n, out)
+    if oh <= 0 or ow <= 0 or weights.n == 0:
+        return out
+    cdef bint flat = sh == 1 and sw == 1
+    # Flat: virtual rows as wide as the padded input, whose last row's dropped columns read
+    # (kw - 1) * dw pixels past the image.
+    cdef uint8_t *image
+    _pad_image(x, x_zero_point, pads[0], pads[1], hp, wp, c4, (kw - 1) * dw + 1, &image, threads)
+    tap_off = _tap_offsets(kh, kw, dh * wp * c4, dw * c4)
+    cv.x = image
+    cv.taps = kh * kw
+    cv.tap_off = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>tap_off)
+    cv.out_width = ow
+    cv.in_px_stride = sw * c4
+    cv.in_row_stride = sh * wp * c4
+    cv.row_len = wp if flat else ow
+    cdef cnp.ndarray packed = weights.packed, col_sums = weights.col_sums
+    p.isa = isa_code
+    p.n, p.k4 = weights.n, cv.taps * c4 // 4
+    p.a_zero_point = x_zero_point
+    p.bpack = <const int8_t *>cnp.PyArray_DATA(packed)
+    p.col_sums = <const int32_t *>cnp.PyArray_DATA(col_sums)
+    p.apack = NULL
+    p.m = oh * cv.row_len
+    qg_shape(p.isa, p.m, &p.mr, &p.npanels)
+    p.nc = _tile_columns(p.m, p.n, threads)
+    cdef int64_t t, tiles = qg_tile_count(&p)
     cdef int failed = 0
-    for plane in prange(planes, nogil=True, num_threads=threads, schedule="static"):
-        if dw_plane(&s, &xv[plane // c_count, plane % c_count, 0, 0], x_zero_point,
-                    &wv[plane % c_count, 0, 0], &ov[plane // c_count, plane % c_count, 0, 0]):
-            failed = 1
+    if threads == 1:
+        with nogil:
+            for t in range(tiles):
+                failed |= qg_conv_tile(&p, &cv, t) != 0
+    else:
+        for t in prange(tiles, nogil=True, num_threads=threads, schedule="dynamic"):
+            if qg_conv_tile(&p, &cv, t) != 0:
+                failed = 1
     if failed:
-        raise MemoryError("depthwise convolution: could not allocate a plane's scratch")
+        raise MemoryError("convolution: could not allocate a tile's scratch buffer")
+    return out
+
+
+cdef object _transposed_conv2d(x, int x_zero_point, weights, weight_rows, kernel, pads, dilation,
+                               out, bias, scale, str output, out_scale, int out_zero_point,
+                               bint relu, clip, int threads):
+    """:func:`implicit_conv2d` with output channels as GEMM rows and pixels as columns
+    (``qg_conv_t_tile``): the image is only regrouped into planes of 4 channels (cheaper than a
+    full channels-last transposition) and the sums come out pixel-contiguous, as NCHW stores
+    them, so the epilogue needs no transposition either."""
+    cdef qg_args p
+    cdef qg_conv_t cv
+    cdef pad_shape s
+    cdef cnp.ndarray xa = np.ascontiguousarray(x)
+    s.channels, s.height, s.width = xa.shape[0], xa.shape[1], xa.shape[2]
+    s.top, s.left = pads[0], pads[1]
+    cdef int64_t kh = kernel[0], kw = kernel[1], dh = dilation[0], dw = dilation[1]
+    cdef int64_t hp = s.height + pads[0] + pads[2]
+    s.padded_width = s.width + pads[1] + pads[3]
+    cdef int64_t oh = conv_output_size(s.height, kh, 1, pads[0], pads[2], dh)
+    cdef int64_t ow = conv_output_size(s.width, kw, 1, pads[1], pads[3], dw)
+    cdef int64_t groups = (s.channels + 3) // 4, oc = weights.n
+    keep = _prepare_params(&p, oc, bias, scale, output, out_scale, out_zero_point, relu, clip)
+    _prepare_out(&p, oh * ow, oc, out)
+    if oh <= 0 or ow <= 0 or oc == 0:
+        return out
+    # Columns are read in whole panels of 16 pixels, each tap up to (kh-1)*dh rows and
+    # (kw-1)*dw pixels on: the plane holds that much past the padded image.
+    cdef int64_t plane_px = hp * s.padded_width + 16 + (kw - 1) * dw
+    cdef int64_t plane_stride = (plane_px * 4 + 63) // 64 * 64
+    buf = _scratch(groups * plane_stride)
+    cdef uint8_t *image = <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>buf)
+    cdef const uint8_t *src = <const uint8_t *>cnp.PyArray_DATA(xa)
+    cdef int64_t g
+    if threads == 1:
+        with nogil:
+            pad_c4_planes(&s, src, <uint8_t>x_zero_point, image, plane_stride, 0, groups)
+    else:
+        for g in prange(groups, nogil=True, num_threads=threads, schedule="static"):
+            pad_c4_planes(&s, src, <uint8_t>x_zero_point, image, plane_stride, g, g + 1)
+    tap_off = _tap_offsets(kh, kw, dh * s.padded_width * 4, dw * 4)
+    cv.x, cv.plane_stride = image, plane_stride
+    cv.w = <const int8_t *>cnp.PyArray_DATA(<cnp.ndarray>weight_rows)
+    cv.row_len, cv.out_width = s.padded_width, ow
+    cv.taps = kh * kw
+    cv.tap_off = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>tap_off)
+    cdef cnp.ndarray col_sums = weights.col_sums
+    p.isa = QG_ISA_VNNI
+    p.m, p.n, p.k4 = oc, oh * s.padded_width, weight_rows.shape[1] // 4
+    p.a_zero_point = x_zero_point
+    p.col_sums = <const int32_t *>cnp.PyArray_DATA(col_sums)
+    # Whole micro-kernel widths (3 panels, 48 pixels) per tile.
+    p.nc = max(48, _tile_columns(p.m, p.n, threads) // 48 * 48)
+    cdef int64_t t, tiles = qg_tile_count(&p)
+    cdef int failed = 0
+    if threads == 1:
+        with nogil:
+            for t in range(tiles):
+                failed |= qg_conv_t_tile(&p, &cv, t) != 0
+    else:
+        for t in prange(tiles, nogil=True, num_threads=threads, schedule="dynamic"):
+            if qg_conv_t_tile(&p, &cv, t) != 0:
+                failed = 1
+    if failed:
+        raise MemoryError("convolution: could not allocate a tile's scratch buffer")
+    return out
+
+
+def pack_depthwise(w):
+    """int8 ``w[C, KH, KW]`` for :func:`depthwise_conv2d`: ``(quads, taps, sums)``.
+
+    ``quads[C, KH, ceil(KW/4)]`` int32: each kernel row's weights 4 taps at a time, zero-padded
+    (the VBMI kernel); ``taps[KH*KW, C16]`` int32 with channels padded to a multiple of 16 (the
+    portable loops); ``sums[C]`` int32 per channel.
+    """
+    w = np.asarray(w, np.int8)
+    channels, kh, kw = w.shape
+    groups = -(-kw // DW_QUAD)
+    padded_taps = np.zeros((channels, kh, groups * DW_QUAD), np.int8)
+    padded_taps[:, :, :kw] = w
+    quads = np.ascontiguousarray(padded_taps).view("<i4").astype(np.int32)
+    plain = np.zeros((kh * kw, -(-channels // 16) * 16), np.int32)
+    plain[:, :channels] = w.reshape(channels, -1).T
+    sums = w.reshape(channels, -1).astype(np.int32).sum(axis=1, dtype=np.int32)
+    return quads.reshape(channels, kh, groups), plain, sums
+
+
+def depthwise_conv2d(x, int x_zero_point, packed, kernel, stride, pads, dilation, out, *,
+                     bias=None, scale=None, output="int32", out_scale=None,
+                     int out_zero_point=0, bint relu=False, clip=None, int threads=1,
+                     bint vectorized=True):
+    """One image: uint8 ``x[C, H, W]`` into ``out[OH*OW, C]`` (any strides), with the weights
+    from :func:`pack_depthwise`. The VBMI kernel runs where the CPU and the geometry allow it and
+    ``vectorized`` is true; the portable loops otherwise."""
+    cdef qg_args p
+    cdef dw_shape s
+    quads, taps, sums = packed
+    cdef cnp.ndarray xa = np.ascontiguousarray(x)
+    cdef int64_t c = xa.shape[0]
+    s.height, s.width = xa.shape[1], xa.shape[2]
+    s.kh, s.kw = kernel
+    s.stride_h, s.stride_w = stride
+    s.dilation_h, s.dilation_w = dilation
+    s.pad_top, s.pad_left = pads[0], pads[1]
+    s.out_height = conv_output_size(s.height, s.kh, s.stride_h, pads[0], pads[2], s.dilation_h)
+    s.out_width = conv_output_size(s.width, s.kw, s.stride_w, pads[1], pads[3], s.dilation_w)
+    keep = _prepare_params(&p, c, bias, scale, output, out_scale, out_zero_point, relu, clip)
+    _prepare_out(&p, s.out_height * s.out_width, c, out)
+    if s.out_height <= 0 or s.out_width <= 0 or c == 0:
+        return out
+    p.col_sums = <const int32_t *>cnp.PyArray_DATA(<cnp.ndarray>sums)
+    p.a_zero_point = x_zero_point
+    cdef const int32_t *quad_ptr = <const int32_t *>cnp.PyArray_DATA(<cnp.ndarray>quads)
+    cdef const int32_t *tap_ptr = <const int32_t *>cnp.PyArray_DATA(<cnp.ndarray>taps)
+    cdef const uint8_t *src = <const uint8_t *>cnp.PyArray_DATA(xa)
+    cdef uint8_t *image
+    cdef int64_t r, chunks, per_chunk, total
+    cdef int64_t stride_px = taps.shape[1], wp = s.width + pads[1] + pads[3]
+    cdef int failed = 0, planar = vectorized and dw_vbmi_supported() and dw_vbmi_fits(&s)
+    if planar:
+        # Chunks of channels, a few per thread, so that each task reuses its scratch plane.
+        total = c
+        per_chunk = max(1, -(-c // (4 * threads)))
+    else:
+        _pad_image(xa, x_zero_point, pads[0], pads[1], s.height + pads[0] + pads[2], wp,
+                   stride_px, 0, &image, threads)
+        total = s.out_height
+        per_chunk = 4
+    chunks = (total + per_chunk - 1) // per_chunk
+    if threads == 1:
+        with nogil:
+            if planar:
+                failed = dw_planes_vbmi(&s, src, quad_ptr, &p, 0, total)
+            else:
+                failed = dw_rows_portable(&s, c, wp, stride_px, image, tap_ptr, &p, 0, total)
+    else:
+        for r in prange(chunks, nogil=True, num_threads=threads, schedule="static"):
+            if planar:
+                failed |= dw_planes_vbmi(&s, src, quad_ptr, &p, r * per_chunk,
+                                         min(total, (r + 1) * per_chunk)) != 0
+            else:
+                failed |= dw_rows_portable(&s, c, wp, stride_px, image, tap_ptr, &p,
+                                           r * per_chunk, min(total, (r + 1) * per_chunk)) != 0
+    if failed:
+        raise MemoryError("depthwise convolution: could not allocate a task's scratch")
     return out
 
 
 def channels_last(x):
-    """uint8 ``x[C, H, W]`` to ``[H*W, C]``: the GEMM operand of a 1x1 convolution."""
+    """uint8 ``x[C, H, W]`` to ``[H*W, C]``: the byte transposition that the channels-last
+    workspace and the NCHW uint8 epilogue use, exposed so that tests can check it directly."""
     cdef const uint8_t[:, :, ::1] xv = np.ascontiguousarray(x, np.uint8)
     cdef int64_t channels = xv.shape[0], pixels = xv.shape[1] * xv.shape[2]
     out = np.empty((pixels, channels), np.uint8)
     cdef uint8_t[:, ::1] ov = out
     if channels and pixels:
         with nogil:
-            channels_last_u8(&xv[0, 0, 0], channels, pixels, &ov[0, 0])
+            transpose_u8(&xv[0, 0, 0], channels, pixels, pixels, &ov[0, 0], channels)
     return out

@@ -1,20 +1,26 @@
 """Quantized 2-D convolution, NCHW: uint8 activations x int8 weights, qgemm's epilogue.
 
-Three paths, chosen by the weights' shape when they are packed:
+Two families of paths, chosen by the weights' shape when they are packed:
 
-* depthwise (groups == input channels == output channels): a dedicated kernel
-  (``depthwise.c``), since a GEMM with K = KH*KW and N = 1 per group does not fit;
-* 1x1 without padding: direct, the GEMM reads the input, made channels-last, as ``[H*W, C]``;
-* anything else: im2col per image and group (rows of (kh, kw, c)), then qgemm.
+* depthwise (groups == input channels == output channels): dedicated kernels
+  (``depthwise.c``), since a GEMM with K = KH*KW and N = 1 per group does not fit. With AVX-512
+  VBMI they read the NCHW planes directly, output pixels as vector lanes; otherwise portable
+  loops run over a zero-point-padded channels-last copy;
+* anything else: an implicit GEMM that never writes an im2col matrix (KH*KW times the image).
+  Each image (and group) is copied once into a zero-point-padded workspace that the
+  micro-kernel reads every tap from. Stride 1 on the VNNI path runs transposed: output channels
+  are the GEMM's rows, the workspace holds planes of 4 channels, and the sums come out
+  pixel-contiguous as NCHW stores them. Other strides and ISAs read a channels-last workspace
+  with pixels as rows.
 
-The GEMM computes ``[pixels, out channels]`` and writes it straight into the NCHW output through a
-transposed view, so no path transposes afterwards.
+Every path writes ``[pixels, out channels]`` straight into the NCHW output through a transposed
+view, so no path transposes afterwards.
 """
 import numpy as np
 
-from graphopt.kernels._conv import channels_last, conv_output_size, depthwise_conv2d_sums
-from graphopt.kernels._qgemm import pack_weights, qgemm, requantize_accumulators
-from graphopt.kernels.glue import im2col
+from graphopt.kernels._conv import (conv_output_size, depthwise_conv2d, implicit_conv2d,
+                                    pack_depthwise)
+from graphopt.kernels._qgemm import ISA_NAMES, isa, pack_weights
 
 
 class PackedConvWeights:
@@ -31,13 +37,19 @@ class PackedConvWeights:
         self.kernel = (kh, kw)
         self.depthwise = groups > 1 and group_channels == 1 and out_channels == groups
         if self.depthwise:
-            self.filters = np.ascontiguousarray(w[:, 0])
+            self.depthwise_weights = pack_depthwise(w[:, 0])
             return
         per_group = out_channels // groups
-        # [OCg, Cg, KH, KW] -> [KH*KW*Cg, OCg]: rows in im2col's column order (kh, kw, c).
-        self.gemm_weights = [pack_weights(np.ascontiguousarray(
-            w[g * per_group:(g + 1) * per_group].transpose(0, 2, 3, 1).reshape(per_group, -1).T))
-            for g in range(groups)]
+        # [OCg, Cg, KH, KW] -> [KH*KW*C4, OCg]: rows in the workspace's order (kh, kw, c), with
+        # channels padded to a multiple of 4 by zero rows (vpdpbusd reads 4 channels at a time).
+        c4 = -(-group_channels // 4) * 4
+        # weight_rows[g]: the same matrix transposed, [OCg, KH*KW*C4], for the transposed path.
+        taps = np.zeros((per_group, kh, kw, c4), np.int8)
+        self.gemm_weights, self.weight_rows = [], []
+        for g in range(groups):
+            taps[..., :group_channels] = w[g * per_group:(g + 1) * per_group].transpose(0, 2, 3, 1)
+            self.weight_rows.append(taps.reshape(per_group, -1).copy())
+            self.gemm_weights.append(pack_weights(np.ascontiguousarray(taps.reshape(per_group, -1).T)))
 
 
 def pack_conv_weights(w, groups=1):
@@ -46,12 +58,12 @@ def pack_conv_weights(w, groups=1):
 
 
 def _pair(value):
-    return (value, value) if np.isscalar(value) else tuple(value)
+    return (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
 
 
 def _pads(padding):
     """int, (pad_h, pad_w) or ONNX's (top, left, bottom, right)."""
-    if np.isscalar(padding):
+    if isinstance(padding, (int, np.integer)):
         return (padding,) * 4
     padding = tuple(padding)
     return padding * 2 if len(padding) == 2 else padding
@@ -64,8 +76,9 @@ def qconv2d(x, x_zero_point, weights, *, stride=1, padding=0, dilation=1, bias=N
 
     The epilogue (bias, per-tensor or per-output-channel scale, ReLU / Clip, int32, uint8 or
     float32 output) is :func:`graphopt.kernels.qgemm`'s, channel by channel. ``isa_name`` picks
-    the GEMM's micro-kernel; the depthwise and layout kernels are vectorized by the compiler for
-    each ISA (``target_clones``) and follow the CPU, not ``GRAPHOPT_ISA``.
+    the GEMM's micro-kernel (stride-1 convolutions on the ``vnni`` path run transposed, output
+    channels as rows); the depthwise kernel reads NCHW planes with AVX-512 VBMI on the ``vnni``
+    and ``amx`` paths when the CPU has it, and runs portable loops otherwise.
     """
     x = np.asarray(x)
     if x.ndim != 4 or x.dtype != np.uint8:
@@ -76,38 +89,41 @@ def qconv2d(x, x_zero_point, weights, *, stride=1, padding=0, dilation=1, bias=N
         raise ValueError(f"x has {x.shape[1]} channels but the weights expect "
                          f"{weights.group_channels * weights.groups}")
     stride, dilation, pads = _pair(stride), _pair(dilation), _pads(padding)
+    if min(pads) < 0 or min(stride) < 1 or min(dilation) < 1:
+        raise ValueError(f"pads must be >= 0 and stride, dilation >= 1, got pads {pads}, "
+                         f"stride {stride}, dilation {dilation}")
     (kh, kw), (batch, _, height, width) = weights.kernel, x.shape
     oh = conv_output_size(height, kh, stride[0], pads[0], pads[2], dilation[0])
     ow = conv_output_size(width, kw, stride[1], pads[1], pads[3], dilation[1])
-    epilogue = dict(output=output, out_scale=out_scale, out_zero_point=out_zero_point, relu=relu,
-                    clip=clip)
     oc = weights.out_channels
-    scale = None if scale is None else np.broadcast_to(np.asarray(scale, np.float32), (oc,))
+    out = np.empty((batch, oc, max(oh, 0), max(ow, 0)), _dtype(output))
+    path = isa(isa_name)
+    geometry = ((kh, kw), stride, pads, dilation)
     if weights.depthwise:
-        sums = depthwise_conv2d_sums(x, x_zero_point, weights.filters, stride, pads, dilation,
-                                    threads)
-        # Each image's [C, OH*OW] sums, seen as [pixels, channels] like a GEMM's output.
-        out = np.empty((batch, oc, oh, ow), _dtype(output))
         for b in range(batch):
-            requantize_accumulators(sums[b].reshape(oc, -1).T, bias=bias, scale=scale,
-                                    out=out[b].reshape(oc, -1).T, **epilogue)
+            depthwise_conv2d(x[b], x_zero_point, weights.depthwise_weights, *geometry,
+                             out[b].reshape(oc, -1).T, bias=bias, scale=scale, output=output,
+                             out_scale=out_scale, out_zero_point=out_zero_point, relu=relu,
+                             clip=clip, threads=threads, vectorized=path in ("vnni", "amx"))
         return out
-    out = np.empty((batch, oc, oh, ow), _dtype(output))
     per_group, cg = oc // weights.groups, weights.group_channels
-    direct = (kh, kw) == (1, 1) and pads == (0, 0, 0, 0)
+    if weights.groups > 1:
+        bias = None if bias is None else np.asarray(bias)
+        scale = None if scale is None else np.asarray(scale, np.float32)
+    isa_code = ISA_NAMES[path]
     for b in range(batch):
         for g in range(weights.groups):
-            channels = slice(g * per_group, (g + 1) * per_group)
-            x_g = x[b, g * cg:(g + 1) * cg]
-            if direct:
-                a = channels_last(x_g[:, ::stride[0], ::stride[1]])
-            else:
-                a = im2col(x_g, x_zero_point, (kh, kw), stride, pads, dilation)
-            qgemm(a, x_zero_point, weights.gemm_weights[g],
-                  bias=None if bias is None else np.asarray(bias)[channels],
-                  scale=None if scale is None else scale[channels],
-                  out=out[b, channels].reshape(per_group, -1).T, threads=threads,
-                  isa_name=isa_name, **epilogue)
+            group_bias, group_scale = bias, scale
+            if weights.groups > 1:
+                channels = slice(g * per_group, (g + 1) * per_group)
+                group_bias = None if bias is None else bias[channels]
+                group_scale = None if scale is None or scale.size == 1 else scale[channels]
+            implicit_conv2d(x[b, g * cg:(g + 1) * cg], x_zero_point, weights.gemm_weights[g],
+                            *geometry, out[b, g * per_group:(g + 1) * per_group].reshape(per_group, -1).T,
+                            bias=group_bias, scale=group_scale, output=output,
+                            out_scale=out_scale, out_zero_point=out_zero_point, relu=relu,
+                            clip=clip, threads=threads, isa_code=isa_code,
+                            weight_rows=weights.weight_rows[g])
     return out
 
 

@@ -4,6 +4,7 @@
 #include "layout.h"
 
 #include <emmintrin.h>
+#include <string.h>
 
 /* src: 16 rows (channels) of 16 bytes (pixels), row stride ss; dst: 16 rows (pixels) of 16
  * bytes (channels), row stride ds. Each round interleaves twice as many channels per pixel:
@@ -40,15 +41,95 @@ static void transpose_16x16(const uint8_t *src, int64_t ss, uint8_t *dst, int64_
     }
 }
 
-void channels_last_u8(const uint8_t *x, int64_t channels, int64_t pixels, uint8_t *out)
+void transpose_u8(const uint8_t *src, int64_t rows, int64_t cols, int64_t src_rs, uint8_t *dst,
+                  int64_t dst_rs)
 {
-    const int64_t c_full = channels / 16 * 16, p_full = pixels / 16 * 16;
-    for (int64_t c = 0; c < c_full; c += 16)
-        for (int64_t p = 0; p < p_full; p += 16)
-            transpose_16x16(x + c * pixels + p, pixels, out + p * channels + c, channels);
-    for (int64_t c = 0; c < channels; c++) {
-        /* The ragged right edge (pixels past the last block), then the bottom rows of channels. */
-        for (int64_t p = c < c_full ? p_full : 0; p < pixels; p++)
-            out[p * channels + c] = x[c * pixels + p];
+    if (rows < 16 || cols < 16) {
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++)
+                dst[c * dst_rs + r] = src[r * src_rs + c];
+        return;
+    }
+    /* Ragged edges: the last block of each direction is moved back to end at the edge and
+     * overlaps its neighbour, which rewrites the same bytes. */
+    for (int64_t r = 0; r < rows; r += 16) {
+        const int64_t r0 = r + 16 <= rows ? r : rows - 16;
+        for (int64_t c = 0; c < cols; c += 16) {
+            const int64_t c0 = c + 16 <= cols ? c : cols - 16;
+            transpose_16x16(src + r0 * src_rs + c0, src_rs, dst + c0 * dst_rs + r0, dst_rs);
+        }
+    }
+}
+
+void pad_channels_last_rows(const pad_shape *s, const uint8_t *x, uint8_t zero_point,
+                            uint8_t *out, int64_t row0, int64_t row1)
+{
+    const int64_t row_bytes = s->padded_width * s->pixel_stride;
+    for (int64_t py = row0; py < row1; py++) {
+        uint8_t *row = out + py * row_bytes;
+        const int64_t y = py - s->top;
+        if (y < 0 || y >= s->height) {
+            memset(row, zero_point, (size_t)row_bytes);
+            continue;
+        }
+        memset(row, zero_point, (size_t)(s->left * s->pixel_stride));
+        transpose_u8(x + y * s->width, s->channels, s->width, s->height * s->width,
+                     row + s->left * s->pixel_stride, s->pixel_stride);
+        memset(row + (s->left + s->width) * s->pixel_stride, zero_point,
+               (size_t)((s->padded_width - s->left - s->width) * s->pixel_stride));
+    }
+}
+
+/* Four channel rows of 16 pixels each into 16 pixels of 4 channel bytes: two rounds of SSE2
+ * unpacks (bytes, then pairs of bytes). */
+static void interleave4_16(const uint8_t *c0, const uint8_t *c1, const uint8_t *c2,
+                           const uint8_t *c3, uint8_t *dst)
+{
+    const __m128i a = _mm_loadu_si128((const __m128i *)c0), b = _mm_loadu_si128((const __m128i *)c1);
+    const __m128i c = _mm_loadu_si128((const __m128i *)c2), d = _mm_loadu_si128((const __m128i *)c3);
+    const __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
+    const __m128i cd_lo = _mm_unpacklo_epi8(c, d), cd_hi = _mm_unpackhi_epi8(c, d);
+    _mm_storeu_si128((__m128i *)dst, _mm_unpacklo_epi16(ab_lo, cd_lo));
+    _mm_storeu_si128((__m128i *)(dst + 16), _mm_unpackhi_epi16(ab_lo, cd_lo));
+    _mm_storeu_si128((__m128i *)(dst + 32), _mm_unpacklo_epi16(ab_hi, cd_hi));
+    _mm_storeu_si128((__m128i *)(dst + 48), _mm_unpackhi_epi16(ab_hi, cd_hi));
+}
+
+void pad_c4_planes(const pad_shape *s, const uint8_t *x, uint8_t zero_point, uint8_t *out,
+                   int64_t plane_stride, int64_t g0, int64_t g1)
+{
+    const int64_t plane = s->height * s->width, row_bytes = s->padded_width * 4;
+    const int64_t right = (s->padded_width - s->left - s->width) * 4;
+    for (int64_t g = g0; g < g1; g++) {
+        uint8_t *dst = out + g * plane_stride;
+        const int whole = 4 * g + 3 < s->channels;
+        /* Only the border when all 4 channels exist; the last, partial group's missing
+         * channels read as zero points too (their weights are zero anyway). */
+        if (whole)
+            memset(dst, zero_point, (size_t)(s->top * row_bytes));
+        else
+            memset(dst, zero_point, (size_t)plane_stride);
+        for (int64_t y = 0; y < s->height; y++) {
+            uint8_t *row = dst + (y + s->top) * row_bytes;
+            const uint8_t *src = x + 4 * g * plane + y * s->width;
+            int64_t px = 0;
+            if (whole) {
+                memset(row, zero_point, (size_t)(s->left * 4));
+                memset(row + (s->left + s->width) * 4, zero_point, (size_t)right);
+                for (; px < s->width && s->width >= 16; px += 16) {
+                    /* The last block moves back to end at the edge, rewriting a few pixels. */
+                    const int64_t at = px + 16 <= s->width ? px : s->width - 16;
+                    interleave4_16(src + at, src + plane + at, src + 2 * plane + at,
+                                   src + 3 * plane + at, row + (s->left + at) * 4);
+                }
+            }
+            for (; px < s->width; px++)
+                for (int k = 0; k < 4 && 4 * g + k < s->channels; k++)
+                    row[(s->left + px) * 4 + k] = src[k * plane + px];
+        }
+        if (whole) {
+            const int64_t done = (s->top + s->height) * row_bytes;
+            memset(dst + done, zero_point, (size_t)(plane_stride - done));
+        }
     }
 }

@@ -2,6 +2,7 @@
  * Each ISA-specific function carries its own target attribute; the file is compiled for baseline
  * x86-64 so that one build runs anywhere and the run-time check picks the path. */
 #include "qgemm.h"
+#include "layout.h"
 
 #include <immintrin.h>
 #include <stdlib.h>
@@ -17,31 +18,33 @@
 #endif
 
 /* AVX-512 VNNI: 6 rows x 4 zmm (64 columns) = 24 accumulators, + 4 B registers + 1 broadcast
- * of A = 29 of the 32 zmm registers. */
+ * of A = 29 of the 32 zmm registers. Few rows re-read B from L2 once per slab, so a product with
+ * up to 8 rows gets shapes that cover all its rows in one pass: 8 x 3 (24 accumulators, 3 B), and
+ * 1 or 2 rows x 8 zmm (128 columns), whose 8 or 16 independent accumulators hide vpdpbusd's
+ * latency that 1 x 4 could not (4 chains of a 4-5 cycle dependency). */
 #define VNNI_MR 6
 #define VNNI_NP 4
+#define VNNI_MAX_MR 8
+#define VNNI_MAX_NP 8
 /* AVX2: 4 rows x 2 ymm (16 columns) = 8 accumulators, + 2 B + 5 temporaries of the 16 ymm. */
 #define AVX2_MR 4
-#define AVX2_NP 1
 /* Portable C: the same 4 x 16 shape; the compiler vectorizes what it can. */
 #define GENERIC_MR 4
-#define GENERIC_NP 1
 
-int qg_mr(int isa)
+void qg_shape(int isa, int64_t m, int *mr, int *npanels)
 {
-    switch (isa) {
-    case QG_ISA_VNNI: return VNNI_MR;
-    case QG_ISA_AVX2: return AVX2_MR;
-    default: return GENERIC_MR;
-    }
-}
-
-static int qg_np(int isa)
-{
-    switch (isa) {
-    case QG_ISA_VNNI: return VNNI_NP;
-    case QG_ISA_AVX2: return AVX2_NP;
-    default: return GENERIC_NP;
+    if (isa != QG_ISA_VNNI) {
+        *mr = isa == QG_ISA_AVX2 ? AVX2_MR : GENERIC_MR;
+        *npanels = 1;
+    } else if (m <= 2) {
+        *mr = (int)(m < 1 ? 1 : m);
+        *npanels = 8;
+    } else if (m == 7 || m == 8) {
+        *mr = 8;
+        *npanels = 3;
+    } else {
+        *mr = VNNI_MR;
+        *npanels = VNNI_NP;
     }
 }
 
@@ -78,10 +81,9 @@ static void pack_group_cols(const uint8_t *src, int64_t cs, int rows, uint8_t *d
     }
 }
 
-void qg_pack_a(int isa, const uint8_t *a, int64_t rs, int64_t cs, int64_t m, int64_t k,
+void qg_pack_a(int mr, const uint8_t *a, int64_t rs, int64_t cs, int64_t m, int64_t k,
                uint8_t *apack, int64_t slab)
 {
-    const int mr = qg_mr(isa);
     const int64_t k4 = (k + 3) / 4, full = k / 4;
     uint8_t *dst = apack + slab * k4 * mr * 4;
     const int64_t r0 = slab * mr;
@@ -112,72 +114,146 @@ void qg_pack_a(int isa, const uint8_t *a, int64_t rs, int64_t cs, int64_t m, int
 /* The accumulators are named scalars, not an array: GCC keeps an array of vectors in memory and
  * spills every update. mr and np are compile-time constants in each instantiation, so the guards
  * fold away and unused accumulators vanish. */
-#define VNNI_EACH_COL(X, i) X(i, 0) X(i, 1) X(i, 2) X(i, 3)
+#define VNNI_EACH_COL(X, i) X(i, 0) X(i, 1) X(i, 2) X(i, 3) X(i, 4) X(i, 5) X(i, 6) X(i, 7)
 #define VNNI_EACH(X)                                                                             \
     VNNI_EACH_COL(X, 0) VNNI_EACH_COL(X, 1) VNNI_EACH_COL(X, 2) VNNI_EACH_COL(X, 3)              \
-    VNNI_EACH_COL(X, 4) VNNI_EACH_COL(X, 5)
+    VNNI_EACH_COL(X, 4) VNNI_EACH_COL(X, 5) VNNI_EACH_COL(X, 6) VNNI_EACH_COL(X, 7)
+#define VNNI_EACH_PANEL(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 #define VNNI_LIVE(i, j) ((i) < mr && (j) < np)
 #define VNNI_INIT(i, j)                                                                          \
     __m512i c##i##j = VNNI_LIVE(i, j) && accumulate ? _mm512_loadu_si512(c + (i) * ldc + 16 * (j)) \
                                                     : _mm512_setzero_si512();
+#define VNNI_LOAD_B(j) const __m512i b##j = (j) < np ? _mm512_loadu_si512(bg + (j) * bps) : zero;
 #define VNNI_FMA(i, j)                                                                           \
     if (VNNI_LIVE(i, j))                                                                         \
-        c##i##j = _mm512_dpbusd_epi32(c##i##j, a##i, b##j);
-#define VNNI_BCAST(i, j)                                                                         \
-    if ((j) == 0 && (i) < mr) {                                                                  \
+        c##i##j = _mm512_dpbusd_epi32(c##i##j, av, b##j);
+#define VNNI_ROW(i, unused)                                                                      \
+    if ((i) < mr) {                                                                              \
         int32_t quad;                                                                            \
-        memcpy(&quad, a + (i) * a_rs + g * a_gs, 4);                                            \
-        a##i = _mm512_set1_epi32(quad);                                                          \
+        memcpy(&quad, at + (i) * a_rs + g * a_gs, 4);                                           \
+        const __m512i av = _mm512_set1_epi32(quad);                                              \
+        VNNI_EACH_COL(VNNI_FMA, i)                                                               \
     }
 #define VNNI_STORE(i, j)                                                                         \
     if (VNNI_LIVE(i, j))                                                                         \
         _mm512_storeu_si512(c + (i) * ldc + 16 * (j), c##i##j);
 
+/* A convolution's taps (tap_off != NULL) are one reduction of taps x kg groups whose A rows
+ * start tap_off[t] bytes further on, while B continues in sequence: the accumulators stay in
+ * registers across all taps. */
 static inline __attribute__((always_inline)) VNNI_TARGET void
-vnni_ukr(const int mr, const int np, int64_t kg, const uint8_t *a, int64_t a_rs, int64_t a_gs,
-         const int8_t *b, int64_t b_panel_stride, int32_t *c, int64_t ldc, int accumulate)
+vnni_ukr(const int mr, const int np, int taps, const int64_t *tap_off, int64_t kg,
+         const uint8_t *a, int64_t a_rs, int64_t a_gs, const int8_t *b, int64_t bps, int32_t *c,
+         int64_t ldc, int accumulate)
 {
+    const __m512i zero = _mm512_setzero_si512();
     VNNI_EACH(VNNI_INIT)
-    for (int64_t g = 0; g < kg; g++) {
-        const int8_t *bg = b + g * 64;
-        const __m512i b0 = _mm512_loadu_si512(bg);
-        const __m512i b1 = np > 1 ? _mm512_loadu_si512(bg + b_panel_stride) : b0;
-        const __m512i b2 = np > 2 ? _mm512_loadu_si512(bg + 2 * b_panel_stride) : b0;
-        const __m512i b3 = np > 3 ? _mm512_loadu_si512(bg + 3 * b_panel_stride) : b0;
-        __m512i a0 = b0, a1 = b0, a2 = b0, a3 = b0, a4 = b0, a5 = b0;
-        VNNI_EACH_COL(VNNI_BCAST, 0) VNNI_EACH_COL(VNNI_FMA, 0)
-        VNNI_EACH_COL(VNNI_BCAST, 1) VNNI_EACH_COL(VNNI_FMA, 1)
-        VNNI_EACH_COL(VNNI_BCAST, 2) VNNI_EACH_COL(VNNI_FMA, 2)
-        VNNI_EACH_COL(VNNI_BCAST, 3) VNNI_EACH_COL(VNNI_FMA, 3)
-        VNNI_EACH_COL(VNNI_BCAST, 4) VNNI_EACH_COL(VNNI_FMA, 4)
-        VNNI_EACH_COL(VNNI_BCAST, 5) VNNI_EACH_COL(VNNI_FMA, 5)
+    for (int t = 0; t < taps; t++) {
+        const uint8_t *at = tap_off ? a + tap_off[t] : a;
+        const int8_t *bt = b + (int64_t)t * kg * 64;
+        for (int64_t g = 0; g < kg; g++) {
+            const int8_t *bg = bt + g * 64;
+            VNNI_EACH_PANEL(VNNI_LOAD_B)
+            VNNI_ROW(0, _) VNNI_ROW(1, _) VNNI_ROW(2, _) VNNI_ROW(3, _)
+            VNNI_ROW(4, _) VNNI_ROW(5, _) VNNI_ROW(6, _) VNNI_ROW(7, _)
+        }
     }
     VNNI_EACH(VNNI_STORE)
 }
 
+typedef void (*ukr_fn)(int, const int64_t *, int64_t, const uint8_t *, int64_t, int64_t,
+                       const int8_t *, int64_t, int32_t *, int64_t, int);
+
 #define VNNI_UKR(MR_, NP_)                                                                        \
-    static VNNI_TARGET void vnni_ukr_##MR_##_##NP_(int64_t kg, const uint8_t *a, int64_t a_rs,     \
-                                                   int64_t a_gs, const int8_t *b, int64_t bps,    \
-                                                   int32_t *c, int64_t ldc, int acc)              \
+    static VNNI_TARGET void vnni_ukr_##MR_##_##NP_(int taps, const int64_t *tap_off, int64_t kg,   \
+                                                   const uint8_t *a, int64_t a_rs, int64_t a_gs,  \
+                                                   const int8_t *b, int64_t bps, int32_t *c,      \
+                                                   int64_t ldc, int acc)                          \
     {                                                                                             \
-        vnni_ukr(MR_, NP_, kg, a, a_rs, a_gs, b, bps, c, ldc, acc);                               \
+        vnni_ukr(MR_, NP_, taps, tap_off, kg, a, a_rs, a_gs, b, bps, c, ldc, acc);                \
     }
-#define VNNI_UKR_ROW(MR_) VNNI_UKR(MR_, 1) VNNI_UKR(MR_, 2) VNNI_UKR(MR_, 3) VNNI_UKR(MR_, 4)
-VNNI_UKR_ROW(1)
-VNNI_UKR_ROW(2)
-VNNI_UKR_ROW(3)
-VNNI_UKR_ROW(4)
-VNNI_UKR_ROW(5)
-VNNI_UKR_ROW(6)
+/* Every shape qg_shape hands out, and every smaller one that its ragged edges need. */
+#define VNNI_UKR_ROW4(MR_) VNNI_UKR(MR_, 1) VNNI_UKR(MR_, 2) VNNI_UKR(MR_, 3) VNNI_UKR(MR_, 4)
+#define VNNI_UKR_ROW8(MR_) VNNI_UKR_ROW4(MR_) VNNI_UKR(MR_, 5) VNNI_UKR(MR_, 6) VNNI_UKR(MR_, 7) \
+                           VNNI_UKR(MR_, 8)
+VNNI_UKR_ROW8(1)
+VNNI_UKR_ROW8(2)
+VNNI_UKR_ROW4(3)
+VNNI_UKR_ROW4(4)
+VNNI_UKR_ROW4(5)
+VNNI_UKR_ROW4(6)
+VNNI_UKR(7, 1) VNNI_UKR(7, 2) VNNI_UKR(7, 3)
+VNNI_UKR(8, 1) VNNI_UKR(8, 2) VNNI_UKR(8, 3)
 
-typedef void (*ukr_fn)(int64_t, const uint8_t *, int64_t, int64_t, const int8_t *, int64_t,
-                       int32_t *, int64_t, int);
-
-#define VNNI_ROW_TABLE(MR_) \
+#define VNNI_ROW_TABLE4(MR_) \
     { vnni_ukr_##MR_##_1, vnni_ukr_##MR_##_2, vnni_ukr_##MR_##_3, vnni_ukr_##MR_##_4 }
-static const ukr_fn vnni_table[VNNI_MR][VNNI_NP] = {
-    VNNI_ROW_TABLE(1), VNNI_ROW_TABLE(2), VNNI_ROW_TABLE(3),
-    VNNI_ROW_TABLE(4), VNNI_ROW_TABLE(5), VNNI_ROW_TABLE(6),
+#define VNNI_ROW_TABLE8(MR_)                                                                      \
+    { vnni_ukr_##MR_##_1, vnni_ukr_##MR_##_2, vnni_ukr_##MR_##_3, vnni_ukr_##MR_##_4,             \
+      vnni_ukr_##MR_##_5, vnni_ukr_##MR_##_6, vnni_ukr_##MR_##_7, vnni_ukr_##MR_##_8 }
+#define VNNI_ROW_TABLE3(MR_) { vnni_ukr_##MR_##_1, vnni_ukr_##MR_##_2, vnni_ukr_##MR_##_3 }
+static const ukr_fn vnni_table[VNNI_MAX_MR][VNNI_MAX_NP] = {
+    VNNI_ROW_TABLE8(1), VNNI_ROW_TABLE8(2), VNNI_ROW_TABLE4(3), VNNI_ROW_TABLE4(4),
+    VNNI_ROW_TABLE4(5), VNNI_ROW_TABLE4(6), VNNI_ROW_TABLE3(7), VNNI_ROW_TABLE3(8),
+};
+
+/* The transposed convolution (qg_conv_t_tile): rows are output channels, whose int8 weight
+ * quads are broadcast (row i of A at a + i * a_rs, groups of 4 bytes in a row), and the 16
+ * lanes of a panel are 16 output pixels of a channels-in-fours image (4 channels x 16 pixels
+ * = 64 bytes, panels 64 bytes apart, the next 4 channels b_gs bytes on). Tap t moves B by
+ * tap_off[t], while the weights continue in sequence. vpdpbusd's unsigned operand is now the
+ * vector of pixels and its signed one the broadcast weights. */
+#define VNNI_T_LOAD_B(j) const __m512i b##j = (j) < np ? _mm512_loadu_si512(bg + 64 * (j)) : zero;
+#define VNNI_T_FMA(i, j)                                                                         \
+    if (VNNI_LIVE(i, j))                                                                         \
+        c##i##j = _mm512_dpbusd_epi32(c##i##j, b##j, av);
+#define VNNI_T_ROW(i, unused)                                                                    \
+    if ((i) < mr) {                                                                              \
+        int32_t quad;                                                                            \
+        memcpy(&quad, at + (i) * a_rs + g * 4, 4);                                              \
+        const __m512i av = _mm512_set1_epi32(quad);                                              \
+        VNNI_EACH_COL(VNNI_T_FMA, i)                                                             \
+    }
+
+static inline __attribute__((always_inline)) VNNI_TARGET void
+vnni_ukr_t(const int mr, const int np, int taps, const int64_t *tap_off, int64_t kg,
+           const int8_t *a, int64_t a_rs, const uint8_t *b, int64_t b_gs, int32_t *c, int64_t ldc)
+{
+    const __m512i zero = _mm512_setzero_si512();
+    const int accumulate = 0;
+    VNNI_EACH(VNNI_INIT)
+    for (int t = 0; t < taps; t++) {
+        const int8_t *at = a + (int64_t)t * kg * 4;
+        const uint8_t *bt = b + tap_off[t];
+        for (int64_t g = 0; g < kg; g++) {
+            const uint8_t *bg = bt + g * b_gs;
+            VNNI_EACH_PANEL(VNNI_T_LOAD_B)
+            VNNI_T_ROW(0, _) VNNI_T_ROW(1, _) VNNI_T_ROW(2, _) VNNI_T_ROW(3, _)
+            VNNI_T_ROW(4, _) VNNI_T_ROW(5, _) VNNI_T_ROW(6, _) VNNI_T_ROW(7, _)
+        }
+    }
+    VNNI_EACH(VNNI_STORE)
+}
+
+typedef void (*ukr_t_fn)(int, const int64_t *, int64_t, const int8_t *, int64_t, const uint8_t *,
+                         int64_t, int32_t *, int64_t);
+#define VNNI_UKR_T(MR_, NP_)                                                                      \
+    static VNNI_TARGET void vnni_ukr_t_##MR_##_##NP_(int taps, const int64_t *tap_off,             \
+                                                     int64_t kg, const int8_t *a, int64_t a_rs,   \
+                                                     const uint8_t *b, int64_t b_gs, int32_t *c,  \
+                                                     int64_t ldc)                                 \
+    {                                                                                             \
+        vnni_ukr_t(MR_, NP_, taps, tap_off, kg, a, a_rs, b, b_gs, c, ldc);                        \
+    }
+/* 8 channels x 3 panels (48 pixels): 64 output channels split into 8 whole slabs. */
+#define VNNI_T_MR 8
+#define VNNI_T_NP 3
+#define VNNI_UKR_T_ROW(MR_) VNNI_UKR_T(MR_, 1) VNNI_UKR_T(MR_, 2) VNNI_UKR_T(MR_, 3)
+VNNI_UKR_T_ROW(1) VNNI_UKR_T_ROW(2) VNNI_UKR_T_ROW(3) VNNI_UKR_T_ROW(4)
+VNNI_UKR_T_ROW(5) VNNI_UKR_T_ROW(6) VNNI_UKR_T_ROW(7) VNNI_UKR_T_ROW(8)
+#define VNNI_T_TABLE(MR_) { vnni_ukr_t_##MR_##_1, vnni_ukr_t_##MR_##_2, vnni_ukr_t_##MR_##_3 }
+static const ukr_t_fn vnni_t_table[VNNI_T_MR][VNNI_T_NP] = {
+    VNNI_T_TABLE(1), VNNI_T_TABLE(2), VNNI_T_TABLE(3), VNNI_T_TABLE(4),
+    VNNI_T_TABLE(5), VNNI_T_TABLE(6), VNNI_T_TABLE(7), VNNI_T_TABLE(8),
 };
 
 /* ---- AVX2 ---------------------------------------------------------------------------------- */
@@ -233,19 +309,20 @@ avx2_ukr(const int mr, int64_t kg, const uint8_t *a, int64_t a_rs, int64_t a_gs,
     AVX2_EACH(AVX2_STORE)
 }
 
+typedef void (*avx2_fn)(int64_t, const uint8_t *, int64_t, int64_t, const int8_t *, int32_t *,
+                        int64_t, int);
 #define AVX2_UKR(MR_)                                                                             \
     static AVX2_TARGET void avx2_ukr_##MR_(int64_t kg, const uint8_t *a, int64_t a_rs,             \
-                                           int64_t a_gs, const int8_t *b, int64_t bps,            \
-                                           int32_t *c, int64_t ldc, int acc)                      \
+                                           int64_t a_gs, const int8_t *b, int32_t *c,             \
+                                           int64_t ldc, int acc)                                  \
     {                                                                                             \
-        (void)bps;                                                                                \
         avx2_ukr(MR_, kg, a, a_rs, a_gs, b, c, ldc, acc);                                         \
     }
 AVX2_UKR(1)
 AVX2_UKR(2)
 AVX2_UKR(3)
 AVX2_UKR(4)
-static const ukr_fn avx2_table[AVX2_MR] = {avx2_ukr_1, avx2_ukr_2, avx2_ukr_3, avx2_ukr_4};
+static const avx2_fn avx2_table[AVX2_MR] = {avx2_ukr_1, avx2_ukr_2, avx2_ukr_3, avx2_ukr_4};
 
 /* ---- portable C ---------------------------------------------------------------------------- */
 
@@ -271,15 +348,25 @@ static void generic_ukr(int mr, int64_t kg, const uint8_t *a, int64_t a_rs, int6
 }
 
 /* A is read at a + i * a_rs + g * a_gs (row i, group g of 4 along K): packed slabs have
- * a_rs = 4, a_gs = 4 * MR; a row-major A used in place has a_rs = its row stride, a_gs = 4. */
-static void run_ukr(int isa, int mr, int np, int64_t kg, const uint8_t *a, int64_t a_rs,
-                    int64_t a_gs, const int8_t *b, int64_t bps, int32_t *c, int64_t ldc,
-                    int accumulate)
+ * a_rs = 4, a_gs = 4 * MR; a row-major A used in place has a_rs = its row stride, a_gs = 4.
+ * With tap_off, the reduction is taps x kg groups (see vnni_ukr); the paths without a tap loop
+ * of their own accumulate one tap at a time in memory. */
+static void run_ukr(int isa, int mr, int np, int taps, const int64_t *tap_off, int64_t kg,
+                    const uint8_t *a, int64_t a_rs, int64_t a_gs, const int8_t *b, int64_t bps,
+                    int32_t *c, int64_t ldc, int accumulate)
 {
-    switch (isa) {
-    case QG_ISA_VNNI: vnni_table[mr - 1][np - 1](kg, a, a_rs, a_gs, b, bps, c, ldc, accumulate); break;
-    case QG_ISA_AVX2: avx2_table[mr - 1](kg, a, a_rs, a_gs, b, bps, c, ldc, accumulate); break;
-    default: generic_ukr(mr, kg, a, a_rs, a_gs, b, c, ldc, accumulate); break;
+    if (isa == QG_ISA_VNNI) {
+        vnni_table[mr - 1][np - 1](taps, tap_off, kg, a, a_rs, a_gs, b, bps, c, ldc, accumulate);
+        return;
+    }
+    for (int t = 0; t < taps; t++) {
+        const uint8_t *at = tap_off ? a + tap_off[t] : a;
+        const int8_t *bt = b + (int64_t)t * kg * 64;
+        const int acc = accumulate || t > 0;
+        if (isa == QG_ISA_AVX2)
+            avx2_table[mr - 1](kg, at, a_rs, a_gs, bt, c, ldc, acc);
+        else
+            generic_ukr(mr, kg, at, a_rs, a_gs, bt, c, ldc, acc);
     }
 }
 
@@ -333,9 +420,71 @@ static inline void epilogue_one(const qg_args *p, int32_t raw, int64_t r, int64_
  * local first: a uint8 store may alias p, which would force a reload per element. */
 #define QG_EPILOGUE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
-/* Row-major output and sums: channel parameters vary along the contiguous direction. */
+/* uint8 output, the common case, by hand on AVX-512: cvtps2dq rounds half to even under the
+ * default MXCSR, as round_half_even does, and vpmovusdb narrows 16 lanes in one instruction,
+ * where GCC's vectorization of requantize() packed 256-bit halves in several steps. */
+#define QG_AVX512_TARGET __attribute__((target("avx512f")))
+
+static int qg_has_avx512(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+}
+
+static inline __mmask16 first_lanes(int64_t n)
+{
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+
+/* Row-major sums, channels along j (see epilogue_rows). */
+QG_AVX512_TARGET static void epilogue_rows_u8_avx512(const qg_args *p, const int32_t *acc,
+                                                     int64_t rs, int64_t mc, int64_t n0,
+                                                     int64_t nc, uint8_t *out, int64_t out_rs)
+{
+    const __m512i za = _mm512_set1_epi32(p->a_zero_point), zp = _mm512_set1_epi32(p->out_zero_point);
+    const __m512 lo = _mm512_set1_ps(p->lo - (float)p->out_zero_point);
+    const __m512 hi = _mm512_set1_ps(p->hi - (float)p->out_zero_point);
+    for (int64_t j = 0; j < nc; j += 16) {
+        const __mmask16 k = first_lanes(nc - j);
+        const __m512i shift = _mm512_sub_epi32(
+            _mm512_maskz_loadu_epi32(k, p->bias + n0 + j),
+            _mm512_mullo_epi32(za, _mm512_maskz_loadu_epi32(k, p->col_sums + n0 + j)));
+        const __m512 mult = _mm512_maskz_loadu_ps(k, p->mult + n0 + j);
+        for (int64_t i = 0; i < mc; i++) {
+            const __m512i y = _mm512_add_epi32(_mm512_maskz_loadu_epi32(k, acc + i * rs + j), shift);
+            _mm512_mask_cvtusepi32_storeu_epi8(out + i * out_rs + j, k,
+                                               qg_requantize16(y, mult, lo, hi, zp));
+        }
+    }
+}
+
+/* Sums of one channel contiguous (rs == 1), output pixels contiguous (see epilogue_cols). */
+QG_AVX512_TARGET static void epilogue_cols_u8_avx512(const qg_args *p, const int32_t *acc,
+                                                     int64_t cs, int64_t m0, int64_t mc,
+                                                     int64_t n0, int64_t nc)
+{
+    const __m512i zp = _mm512_set1_epi32(p->out_zero_point);
+    const __m512 lo = _mm512_set1_ps(p->lo - (float)p->out_zero_point);
+    const __m512 hi = _mm512_set1_ps(p->hi - (float)p->out_zero_point);
+    for (int64_t j = 0; j < nc; j++) {
+        const int64_t n = n0 + j;
+        const __m512i shift = _mm512_set1_epi32(p->bias[n] - p->a_zero_point * p->col_sums[n]);
+        const __m512 mult = _mm512_set1_ps(p->mult[n]);
+        const int32_t *src = acc + j * cs;
+        uint8_t *o = (uint8_t *)p->out + n * p->out_cs + m0;
+        for (int64_t i = 0; i < mc; i += 16) {
+            const __mmask16 k = first_lanes(mc - i);
+            const __m512i y = _mm512_add_epi32(_mm512_maskz_loadu_epi32(k, src + i), shift);
+            _mm512_mask_cvtusepi32_storeu_epi8(o + i, k, qg_requantize16(y, mult, lo, hi, zp));
+        }
+    }
+}
+
+/* Row-major sums: channel parameters vary along the contiguous direction. Writes row i, column j
+ * to out[i * out_rs + j], out pointing at output element (m0, n0). */
 QG_EPILOGUE_CLONES static void epilogue_rows(const qg_args *p, const int32_t *acc, int64_t rs,
-                                             int64_t m0, int64_t mc, int64_t n0, int64_t nc)
+                                             int64_t mc, int64_t n0, int64_t nc, void *out,
+                                             int64_t out_rs)
 {
     const int32_t za = p->a_zero_point, zp = p->out_zero_point;
     const int32_t *restrict sums = p->col_sums + n0, *restrict bias = p->bias + n0;
@@ -344,19 +493,18 @@ QG_EPILOGUE_CLONES static void epilogue_rows(const qg_args *p, const int32_t *ac
     const int32_t floor = p->relu ? 0 : INT32_MIN;
     for (int64_t i = 0; i < mc; i++) {
         const int32_t *restrict src = acc + i * rs;
-        const int64_t at = (m0 + i) * p->out_rs + n0;
         if (p->out_kind == QG_OUT_INT32) {
-            int32_t *restrict o = (int32_t *)p->out + at;
+            int32_t *restrict o = (int32_t *)out + i * out_rs;
             for (int64_t j = 0; j < nc; j++) {
                 const int32_t y = src[j] - za * sums[j] + bias[j];
                 o[j] = y < floor ? floor : y;
             }
         } else if (p->out_kind == QG_OUT_FLOAT32) {
-            float *restrict o = (float *)p->out + at;
+            float *restrict o = (float *)out + i * out_rs;
             for (int64_t j = 0; j < nc; j++)
                 o[j] = clamp((float)(src[j] - za * sums[j] + bias[j]) * mult[j], lo, hi);
         } else {
-            uint8_t *restrict o = (uint8_t *)p->out + at;
+            uint8_t *restrict o = (uint8_t *)out + i * out_rs;
             for (int64_t j = 0; j < nc; j++)
                 o[j] = requantize(src[j] - za * sums[j] + bias[j], mult[j], lo_rel, hi_rel, zp);
         }
@@ -396,11 +544,46 @@ QG_EPILOGUE_CLONES static void epilogue_cols(const qg_args *p, const int32_t *ac
     }
 }
 
+static void rows_dispatch(const qg_args *p, const int32_t *acc, int64_t rs, int64_t mc,
+                          int64_t n0, int64_t nc, void *out, int64_t out_rs)
+{
+    if (p->out_kind == QG_OUT_UINT8 && qg_has_avx512())
+        epilogue_rows_u8_avx512(p, acc, rs, mc, n0, nc, out, out_rs);
+    else
+        epilogue_rows(p, acc, rs, mc, n0, nc, out, out_rs);
+}
+
+/* uint8 output with pixels contiguous (a convolution writing NCHW): requantize row-major, where
+ * the loop vectorizes along channels, into a small block, then transpose the bytes 16 x 16 with
+ * SSE2; reading the int32 sums down a column instead cost 8% of a 3x3 convolution. */
+#define QG_TRANSPOSE_ROWS 64
+#define QG_TRANSPOSE_COLS 256
+static void epilogue_transposed_u8(const qg_args *p, const int32_t *acc, int64_t rs, int64_t m0,
+                                   int64_t mc, int64_t n0, int64_t nc)
+{
+    uint8_t block[QG_TRANSPOSE_ROWS * QG_TRANSPOSE_COLS];
+    for (int64_t i = 0; i < mc; i += QG_TRANSPOSE_ROWS) {
+        const int64_t rows = mc - i < QG_TRANSPOSE_ROWS ? mc - i : QG_TRANSPOSE_ROWS;
+        for (int64_t j = 0; j < nc; j += QG_TRANSPOSE_COLS) {
+            const int64_t cols = nc - j < QG_TRANSPOSE_COLS ? nc - j : QG_TRANSPOSE_COLS;
+            rows_dispatch(p, acc + i * rs + j, rs, rows, n0 + j, cols, block, cols);
+            transpose_u8(block, rows, cols, cols,
+                         (uint8_t *)p->out + (n0 + j) * p->out_cs + m0 + i, p->out_cs);
+        }
+    }
+}
+
 void qg_epilogue(const qg_args *p, const int32_t *acc, int64_t rs, int64_t cs, int64_t m0,
                  int64_t mc, int64_t n0, int64_t nc)
 {
+    const int64_t size = p->out_kind == QG_OUT_UINT8 ? 1 : 4;
     if (cs == 1 && p->out_cs == 1) {
-        epilogue_rows(p, acc, rs, m0, mc, n0, nc);
+        rows_dispatch(p, acc, rs, mc, n0, nc, (char *)p->out + (m0 * p->out_rs + n0) * size,
+                      p->out_rs);
+    } else if (cs == 1 && p->out_rs == 1 && p->out_kind == QG_OUT_UINT8) {
+        epilogue_transposed_u8(p, acc, rs, m0, mc, n0, nc);
+    } else if (rs == 1 && p->out_rs == 1 && p->out_kind == QG_OUT_UINT8 && qg_has_avx512()) {
+        epilogue_cols_u8_avx512(p, acc, cs, m0, mc, n0, nc);
     } else if (p->out_rs == 1) {
         epilogue_cols(p, acc, rs, cs, m0, mc, n0, nc);
     } else {
@@ -417,46 +600,131 @@ int64_t qg_tile_count(const qg_args *p)
     return ((p->m + QG_MC - 1) / QG_MC) * ((p->n + p->nc - 1) / p->nc);
 }
 
+/* Tile number -> its first row and column, its extent, and an int32 scratch for its sums. */
+typedef struct {
+    int64_t m0, n0, mc, nc, panels, ldc;
+    int32_t *c;
+} qg_tile_box;
+
+static int tile_box(const qg_args *p, int64_t tile, qg_tile_box *t)
+{
+    const int64_t n_tiles_n = (p->n + p->nc - 1) / p->nc;
+    t->m0 = (tile / n_tiles_n) * QG_MC;
+    t->n0 = (tile % n_tiles_n) * p->nc;
+    t->mc = p->m - t->m0 < QG_MC ? p->m - t->m0 : QG_MC;
+    t->nc = p->n - t->n0 < p->nc ? p->n - t->n0 : p->nc;
+    t->panels = (t->nc + 15) / 16;
+    t->ldc = t->panels * 16;
+    t->c = aligned_alloc(64, (size_t)((t->mc * t->ldc * 4 + 63) / 64 * 64));
+    return t->c ? 0 : -1;
+}
+
 int qg_tile(const qg_args *p, int64_t tile)
 {
-    const int mr = qg_mr(p->isa), np = qg_np(p->isa);
-    const int64_t n_tiles_n = (p->n + p->nc - 1) / p->nc;
-    const int64_t m0 = (tile / n_tiles_n) * QG_MC, n0 = (tile % n_tiles_n) * p->nc;
-    const int64_t mc = p->m - m0 < QG_MC ? p->m - m0 : QG_MC;
-    const int64_t nc = p->n - n0 < p->nc ? p->n - n0 : p->nc;
-    const int64_t panels = (nc + 15) / 16, ldc = panels * 16;
-    const int64_t bps = p->k4 * 64; /* bytes from one 16-column panel to the next */
-    int32_t *c = aligned_alloc(64, (size_t)((mc * ldc * 4 + 63) / 64 * 64));
-    if (!c)
+    const int mr = p->mr, np = p->npanels;
+    qg_tile_box t;
+    if (tile_box(p, tile, &t))
         return -1;
+    const int64_t bps = p->k4 * 64; /* bytes from one 16-column panel to the next */
     /* BLIS loops 3-1: KC blocks of the reduction; NR column groups; MR row slabs. The KC loop
      * runs at least once, so that K = 0 still zeroes the tile. */
     int64_t g0 = 0;
     do {
         const int64_t kg = p->k4 - g0 < QG_KC_GROUPS ? p->k4 - g0 : QG_KC_GROUPS;
-        for (int64_t jp = 0; jp < panels; jp += np) {
-            const int npc = (int)(panels - jp < np ? panels - jp : np);
-            const int8_t *b = p->bpack + (n0 / 16 + jp) * bps + g0 * 64;
-            for (int64_t i = 0; i < mc; i += mr) {
-                const int mrc = (int)(mc - i < mr ? mc - i : mr);
+        for (int64_t jp = 0; jp < t.panels; jp += np) {
+            const int npc = (int)(t.panels - jp < np ? t.panels - jp : np);
+            const int8_t *b = p->bpack + (t.n0 / 16 + jp) * bps + g0 * 64;
+            for (int64_t i = 0; i < t.mc; i += mr) {
+                const int mrc = (int)(t.mc - i < mr ? t.mc - i : mr);
                 const uint8_t *a;
                 int64_t a_rs, a_gs;
                 if (p->apack) {
-                    a = p->apack + (((m0 + i) / mr) * p->k4 + g0) * mr * 4;
+                    a = p->apack + (((t.m0 + i) / mr) * p->k4 + g0) * mr * 4;
                     a_rs = 4;
                     a_gs = (int64_t)mr * 4;
                 } else {
-                    a = p->a + (m0 + i) * p->a_rs + g0 * 4;
+                    a = p->a + (t.m0 + i) * p->a_rs + g0 * 4;
                     a_rs = p->a_rs;
                     a_gs = 4;
                 }
-                run_ukr(p->isa, mrc, npc, kg, a, a_rs, a_gs, b, bps, c + i * ldc + jp * 16, ldc,
-                        g0 > 0);
+                run_ukr(p->isa, mrc, npc, 1, NULL, kg, a, a_rs, a_gs, b, bps,
+                        t.c + i * t.ldc + jp * 16, t.ldc, g0 > 0);
             }
         }
         g0 += QG_KC_GROUPS;
     } while (g0 < p->k4);
-    qg_epilogue(p, c, ldc, 1, m0, mc, n0, nc);
-    free(c);
+    qg_epilogue(p, t.c, t.ldc, 1, t.m0, t.mc, t.n0, t.nc);
+    free(t.c);
+    return 0;
+}
+
+/* The whole reduction (all taps) runs in one micro-kernel call, so there is no KC loop: B for
+ * one group of panels, taps x C x 64 bytes (73 KiB for 3x3 x 128 channels), stays in L2. */
+int qg_conv_tile(const qg_args *p, const qg_conv *cv, int64_t tile)
+{
+    const int mr = p->mr, np = p->npanels;
+    const int64_t kg = p->k4 / cv->taps, bps = p->k4 * 64;
+    const int flat = cv->in_row_stride == cv->row_len * cv->in_px_stride;
+    qg_tile_box t;
+    if (tile_box(p, tile, &t))
+        return -1;
+    for (int64_t jp = 0; jp < t.panels; jp += np) {
+        const int npc = (int)(t.panels - jp < np ? t.panels - jp : np);
+        const int8_t *b = p->bpack + (t.n0 / 16 + jp) * bps;
+        for (int64_t i = 0; i < t.mc;) {
+            const int64_t px = t.m0 + i, row = px / cv->row_len, col = px % cv->row_len;
+            int64_t rows = t.mc - i < mr ? t.mc - i : mr;
+            if (!flat && rows > cv->row_len - col)
+                rows = cv->row_len - col;
+            const uint8_t *a = cv->x + row * cv->in_row_stride + col * cv->in_px_stride;
+            run_ukr(p->isa, (int)rows, npc, cv->taps, cv->tap_off, kg, a, cv->in_px_stride, 4, b,
+                    bps, t.c + i * t.ldc + jp * 16, t.ldc, 0);
+            i += rows;
+        }
+    }
+    /* Virtual row by virtual row, the columns that exist in the output. */
+    for (int64_t i = 0; i < t.mc;) {
+        const int64_t px = t.m0 + i, row = px / cv->row_len, col = px % cv->row_len;
+        const int64_t run = t.mc - i < cv->row_len - col ? t.mc - i : cv->row_len - col;
+        if (col < cv->out_width) {
+            const int64_t real = run < cv->out_width - col ? run : cv->out_width - col;
+            qg_epilogue(p, t.c + i * t.ldc, t.ldc, 1, row * cv->out_width + col, real, t.n0, t.nc);
+        }
+        i += run;
+    }
+    free(t.c);
+    return 0;
+}
+
+/* Rows: output channels in slabs of VNNI_T_MR; columns: virtual pixels (p->n of them), in
+ * panels of 16. The sums come out channel-major, pixels contiguous, as NCHW wants them. */
+int qg_conv_t_tile(const qg_args *p, const qg_conv_t *cv, int64_t tile)
+{
+    const int64_t kg = p->k4 / cv->taps, a_rs = p->k4 * 4;
+    qg_tile_box t;
+    if (tile_box(p, tile, &t))
+        return -1;
+    for (int64_t jp = 0; jp < t.panels; jp += VNNI_T_NP) {
+        const int npc = (int)(t.panels - jp < VNNI_T_NP ? t.panels - jp : VNNI_T_NP);
+        const uint8_t *b = cv->x + (t.n0 + jp * 16) * 4;
+        for (int64_t i = 0; i < t.mc; i += VNNI_T_MR) {
+            const int mrc = (int)(t.mc - i < VNNI_T_MR ? t.mc - i : VNNI_T_MR);
+            vnni_t_table[mrc - 1][npc - 1](cv->taps, cv->tap_off, kg, cv->w + (t.m0 + i) * a_rs,
+                                            a_rs, b, cv->plane_stride, t.c + i * t.ldc + jp * 16,
+                                            t.ldc);
+        }
+    }
+    /* Virtual row by virtual row, the columns that exist in the output; the sums are read as
+     * [pixels, channels] with pixels contiguous. */
+    for (int64_t j = 0; j < t.nc;) {
+        const int64_t px = t.n0 + j, row = px / cv->row_len, col = px % cv->row_len;
+        const int64_t run = t.nc - j < cv->row_len - col ? t.nc - j : cv->row_len - col;
+        if (col < cv->out_width) {
+            const int64_t real = run < cv->out_width - col ? run : cv->out_width - col;
+            qg_epilogue(p, t.c + j, 1, t.ldc, row * cv->out_width + col, real, t.m0, t.mc);
+        }
+        j += run;
+    }
+    free(t.c);
     return 0;
 }

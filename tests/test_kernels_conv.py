@@ -1,4 +1,5 @@
-"""qconv2d (im2col, direct 1x1 and depthwise paths) bit-exact against the numpy reference."""
+"""qconv2d (implicit GEMM, plain and transposed, and the depthwise kernels) bit-exact against the
+numpy reference."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,6 +20,20 @@ CASES = {
     "depthwise strided dilated": (1, 6, 13, 12, 6, 5, 3, 6, (2, 3), (2, 0, 1, 2), (2, 1)),
     "depthwise dilated stride 1": (1, 4, 9, 10, 4, 3, 3, 4, (1, 1), (2, 2, 2, 2), (2, 2)),
     "K past one KC block (1024)": (1, 120, 6, 6, 20, 3, 3, 1, (1, 1), (1, 1, 1, 1), (1, 1)),
+    # Stride 1 on the VNNI path runs transposed (output channels x pixels): channels not a
+    # multiple of 4, rows of 16+ pixels with a ragged end, more than one tile of pixels and
+    # output channels past a slab of 8; the other paths read channels-last slabs of pixels that
+    # run across rows (stride 1) or stop at a row's end (stride 2).
+    "stride 1, 37 wide, ragged channels": (1, 7, 9, 37, 19, 3, 3, 1, (1, 1), (1, 1, 1, 1), (1, 1)),
+    "stride 1, dilated, past one tile": (2, 13, 30, 29, 11, 3, 2, 1, (1, 1), (2, 0, 1, 3), (2, 2)),
+    "stride 2, wide rows": (1, 9, 11, 40, 13, 3, 3, 1, (2, 2), (1, 1, 1, 1), (1, 1)),
+    "1x1, 18 wide": (1, 20, 5, 18, 70, 1, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
+    # Depthwise: one register per input row (narrow), 16-output blocks (wide), kernels wider
+    # than one quad of taps, and a geometry the VBMI kernel cannot reach (portable loops).
+    "depthwise narrow 3x3, 56 wide": (1, 5, 8, 56, 5, 3, 3, 5, (1, 1), (1, 1, 1, 1), (1, 1)),
+    "depthwise wide, 100 wide": (1, 3, 6, 100, 3, 3, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)),
+    "depthwise 7x5 stride 2": (1, 4, 15, 70, 4, 7, 5, 4, (2, 2), (3, 2, 3, 2), (1, 1)),
+    "depthwise out of VBMI reach": (1, 3, 9, 90, 3, 3, 7, 3, (1, 4), (1, 3, 1, 3), (1, 3)),
 }
 
 
@@ -52,6 +67,16 @@ def test_requantized_outputs_match_reference(name):
     run_case(CASES[name], 0, output="float32", scale=scale, clip=(-1.0, 6.0), threads=2)
 
 
+def test_workspace_reuse_across_sizes_and_zero_points():
+    """The padded image lives in a reused workspace: borders must follow each call's zero point,
+    and a smaller image must not see the larger one's leftovers."""
+    for case, zp in ((CASES["stride 1, dilated, past one tile"], 250),
+                     (CASES["3x3 pad 1"], 3), (CASES["stride 2, wide rows"], 128),
+                     (CASES["3x3 pad 1"], 200), (CASES["depthwise out of VBMI reach"], 17)):
+        for isa in kernels.supported_isas():
+            run_case(case, zp, isa=isa)
+
+
 def test_paths_are_chosen_by_shape():
     assert kernels.pack_conv_weights(np.ones((6, 1, 3, 3), np.int8), groups=6).depthwise
     assert not kernels.pack_conv_weights(np.ones((12, 1, 3, 3), np.int8), groups=6).depthwise
@@ -79,14 +104,15 @@ def test_rejects_bad_arguments():
         kernels.pack_conv_weights(np.ones((5, 2, 3, 3), np.int8), groups=2)
 
 
-@settings(max_examples=40, deadline=None)
-@given(c=st.integers(1, 6), per_group_out=st.integers(1, 4), groups=st.integers(1, 3),
-       h=st.integers(3, 12), w=st.integers(3, 12), kh=st.integers(1, 3), kw=st.integers(1, 3),
+@settings(max_examples=80, deadline=None)
+@given(c=st.integers(1, 9), per_group_out=st.integers(1, 20), groups=st.integers(1, 3),
+       h=st.integers(3, 12), w=st.integers(3, 70), kh=st.integers(1, 3), kw=st.integers(1, 6),
        stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        pads=st.tuples(*[st.integers(0, 2)] * 4), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
-       depthwise=st.booleans(), zp=st.integers(0, 255), seed=st.integers(0, 2**31 - 1))
+       depthwise=st.booleans(), zp=st.integers(0, 255), seed=st.integers(0, 2**31 - 1),
+       isa=st.sampled_from(kernels.supported_isas()), threads=st.integers(1, 2))
 def test_property_matches_reference(c, per_group_out, groups, h, w, kh, kw, stride, pads,
-                                    dilation, depthwise, zp, seed):
+                                    dilation, depthwise, zp, seed, isa, threads):
     if depthwise:
         groups, c_total, oc = c, c, c
     else:
@@ -94,7 +120,8 @@ def test_property_matches_reference(c, per_group_out, groups, h, w, kh, kw, stri
     if h + pads[0] + pads[2] < dilation[0] * (kh - 1) + 1 or \
             w + pads[1] + pads[3] < dilation[1] * (kw - 1) + 1:
         return  # the window does not fit: no output
-    run_case((1, c_total, h, w, oc, kh, kw, groups, stride, pads, dilation), zp, seed)
+    run_case((1, c_total, h, w, oc, kh, kw, groups, stride, pads, dilation), zp, seed,
+             threads=threads, isa=isa)
 
 
 @settings(max_examples=40, deadline=None)

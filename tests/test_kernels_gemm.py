@@ -163,3 +163,78 @@ def test_property_matches_reference(m, k, n, zp, isa, threads, output, relu, see
         epilogue.update(out_scale=float(rng.uniform(0.01, 1.0)),
                         out_zero_point=int(rng.integers(0, 256)))
     check(a, zp, w, isa, threads, **epilogue)
+
+
+# Few rows get their own micro-kernel shapes on the VNNI path (1 or 2 rows x 8 panels, 8 rows x
+# 3 panels): N = 200 leaves ragged panels in each, K = 130 packs A into slabs of that height.
+SMALL_M_SHAPES = [(m, k, n) for m in (1, 2, 3, 7, 8, 9) for k, n in ((130, 200), (768, 129))]
+
+
+@pytest.mark.parametrize("isa", ALL_ISAS)
+@pytest.mark.parametrize("m,k,n", SMALL_M_SHAPES)
+def test_small_m_matches_reference(isa, m, k, n):
+    rng = np.random.default_rng(m + k + n)
+    a, w = random_case(rng, m, k, n)
+    check(a, 77, w, isa, threads=2)
+    check(a, 201, w, isa, scale=rng.uniform(1e-4, 1e-3, n).astype(np.float32), output="uint8",
+          out_scale=0.05, out_zero_point=3, relu=True)
+
+
+def prepared_case(rng, m, k, n, output):
+    a, w = random_case(rng, m, k, n)
+    epilogue = dict(bias=rng.integers(-3000, 3000, n, dtype=np.int32), output=output)
+    if output != "int32":
+        epilogue["scale"] = rng.uniform(1e-4, 1e-2, n).astype(np.float32)
+    if output == "uint8":
+        epilogue.update(out_scale=0.07, out_zero_point=30, clip=(-1.0, 3.0))
+    return a, w, epilogue
+
+
+@pytest.mark.parametrize("isa", ALL_ISAS)
+@pytest.mark.parametrize("output", ["int32", "float32", "uint8"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_prepared_gemm_matches_qgemm(isa, output, threads):
+    rng = np.random.default_rng(11)
+    a, w, epilogue = prepared_case(rng, 8, 300, 150, output)
+    prepared = kernels.PreparedGemm(kernels.pack_weights(w), 99, threads=threads, isa_name=isa,
+                                    **epilogue)
+    ref = qgemm_reference(a, 99, w, **epilogue)
+    # The same object serves any number of rows, and fresh or given outputs, call after call.
+    for rows in (a, a[:1], a[:3], np.repeat(a, 40, axis=0)):
+        np.testing.assert_array_equal(prepared(rows), qgemm_reference(rows, 99, w, **epilogue))
+    out = np.empty_like(ref)
+    assert prepared(a, out) is out
+    np.testing.assert_array_equal(out, ref)
+    strided = np.zeros((150, 8), ref.dtype).T
+    prepared(a[:, :], strided)
+    np.testing.assert_array_equal(strided, ref)
+
+
+def test_prepared_gemm_validates_once_and_per_call():
+    w = kernels.pack_weights(np.ones((4, 3), np.int8))
+    with pytest.raises(ValueError, match="needs scale"):
+        kernels.PreparedGemm(w, 0, output="uint8")
+    with pytest.raises(ValueError, match="a_zero_point"):
+        kernels.PreparedGemm(w, 300)
+    prepared = kernels.PreparedGemm(w, 0)
+    assert (prepared.k, prepared.n, prepared.threads) == (4, 3, 1)
+    with pytest.raises(ValueError, match="K=5"):
+        prepared(np.zeros((2, 5), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        prepared(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="out must be"):
+        prepared(np.zeros((2, 4), np.uint8), np.zeros((2, 3), np.float32))
+    assert prepared(np.zeros((0, 4), np.uint8)).shape == (0, 3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 10), k=st.integers(1, 200), n=st.integers(1, 300),
+       zp=st.integers(0, 255), isa=st.sampled_from(kernels.supported_isas()),
+       threads=st.integers(1, 2), output=st.sampled_from(["int32", "float32", "uint8"]),
+       seed=st.integers(0, 2**31 - 1))
+def test_property_small_m_prepared(m, k, n, zp, isa, threads, output, seed):
+    rng = np.random.default_rng(seed)
+    a, w, epilogue = prepared_case(rng, m, k, n, output)
+    prepared = kernels.PreparedGemm(kernels.pack_weights(w), zp, threads=threads, isa_name=isa,
+                                    **epilogue)
+    np.testing.assert_array_equal(prepared(a), qgemm_reference(a, zp, w, **epilogue))
