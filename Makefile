@@ -10,12 +10,12 @@ TEST_STAMP := $(VENV)/.graphopt-test-installed
 # (Re)install when the packaging or the compiled kernels change; -e keeps the source tree live.
 $(STAMP): pyproject.toml setup.py $(wildcard kernels/*.pyx kernels/*.h kernels/*.c)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e ".[report]"
 	touch $@
 
 # Tests also need the torch extra (export, zoo); torch is pinned to the CPU build in pyproject.toml.
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[test,torch]"
+	$(PY) -m pip install --quiet -e ".[test,torch,report]"
 	touch $@
 
 install: $(STAMP)

@@ -200,12 +200,20 @@ def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, fuse, qu
 
 @cli.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True,
-              help="Where the demo writes its models.")
-def demo(workdir):
-    """Build a small CNN, inspect it, optimize it and verify the result on onnxruntime."""
+              help="Where the demo writes its models and report.html.")
+@click.option("--runs", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Timed runs per model and backend (0: no latency).")
+@click.option("--threads", default="1", show_default=True, metavar="N,N,...", help="Thread counts to time.")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Write WORKDIR/report.html (needs matplotlib: .[report]).")
+def demo(workdir, runs, threads, report):
+    """The whole job on the bundled digits-cnn: inspect, optimize (cleanup, fusion, int8 calibrated
+    on the bundled set), then compare fp32 and int8 on onnxruntime and graphopt (accuracy on the
+    labelled test set, per-layer SQNR, latency) and write an HTML report."""
+    from graphopt.compare import parse_counts
     from graphopt.demo import run_demo
 
-    if not run_demo(workdir, out):
+    if not run_demo(workdir, out, runs=runs, threads=tuple(parse_counts(threads, "--threads")), report=report):
         sys.exit(EXIT_VERIFICATION_FAILED)
 
 
@@ -248,6 +256,163 @@ def export(model, output, opset, input_shapes, dynamic_batch):
         out.print(f"  output {name}: max abs diff vs torch {diff:.3g}", markup=False)
     if len(result.output_diffs) > 1:
         out.print(f"max abs diff vs torch: {result.max_abs_diff:.3g}", markup=False)
+
+
+def _backends_option(f):
+    return click.option("--backends", default="onnxruntime,graphopt", show_default=True,
+                        help="Comma list of backends: onnxruntime, graphopt.")(f)
+
+
+def _latency_options(f):
+    f = click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
+                     help="Untimed runs per session before timing.")(f)
+    f = click.option("--runs", type=click.IntRange(min=0), default=20, show_default=True,
+                     help="Timed runs per session, interleaved across variants (0: no latency).")(f)
+    return click.option("--threads", default="1", show_default=True, metavar="N,N,...",
+                        help="Thread counts to time, e.g. 1,2.")(f)
+
+
+def _output_options(f):
+    f = click.option("--report", type=click.Path(path_type=Path),
+                     help="Write a single-file HTML report with plots (needs matplotlib: .[report]).")(f)
+    return click.option("--json", "json_path", type=click.Path(path_type=Path),
+                        help="Write the results as JSON (schema_version 1) to this file; '-' prints it instead "
+                             "of the tables.")(f)
+
+
+class _RunProgress:
+    """A transient progress bar on stderr for the timed runs; ``progress(total=N)`` then ``progress()``."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("timing"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
+                            TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal)
+        self.bar.start()
+        self.task = self.bar.add_task("runs", total=None)
+        return self
+
+    def __call__(self, total: int | None = None) -> None:
+        if total is not None:
+            self.bar.update(self.task, total=total)
+        else:
+            self.bar.advance(self.task)
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+        return False
+
+
+def _write_outputs(result, json_path: Path | None, report_path: Path | None) -> None:
+    from graphopt.compare import render_comparison
+
+    report = result.to_json()
+    if json_path is not None and str(json_path) == "-":
+        click.echo(json.dumps(report, indent=2))
+    else:
+        render_comparison(result, out)
+        if json_path is not None:
+            json_path.write_text(json.dumps(report, indent=2) + "\n")
+            out.print(f"wrote {json_path}", markup=False)
+    if report_path is not None:
+        from graphopt.report import write_report
+
+        write_report(report, report_path)
+        (err if json_path is not None and str(json_path) == "-" else out).print(f"wrote {report_path}", markup=False)
+
+
+@cli.command()
+@click.argument("original", type=click.Path(path_type=Path))
+@click.argument("optimized", nargs=-1, type=click.Path(path_type=Path))
+@_backends_option
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Inputs: an .npz with one array per model input, samples on axis 0.")
+@click.option("--labels", metavar="FILE.npz|KEY", help="Class ids for top-1 accuracy: an .npz with one array, or a "
+              "key of --data (default: a 'label'/'labels' key of --data that is not a model input).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Samples per run for the accuracy pass (a fixed batch dim takes its own size).")
+@_latency_options
+@click.option("--per-layer", is_flag=True, help="SQNR of each intermediate tensor against the original tensor "
+              "it stands for (on onnxruntime); the worst are flagged.")
+@click.option("--atol", type=click.FloatRange(min=0), help="Largest max abs error allowed on any output.")
+@click.option("--rtol", type=click.FloatRange(min=0), help="Largest max rel error allowed on any output.")
+@click.option("--min-cosine", type=click.FloatRange(-1, 1), help="Smallest output cosine similarity allowed.")
+@_output_options
+def compare(original, optimized, backends, data, labels, batch_size, threads, runs, warmup, per_layer, atol, rtol,
+            min_cosine, json_path, report):
+    """Accuracy and latency of ORIGINAL and each OPTIMIZED model on each backend.
+
+    Every variant runs on every backend over --data and each output is compared with ORIGINAL on
+    onnxruntime: max abs and max rel error, cosine, top-1 agreement for classifier outputs, top-1
+    accuracy with labels. Then each session is warmed up and timed, runs interleaved across
+    variants: p50/p90/min, size on disk, peak memory. A backend that cannot run a model is listed
+    as unavailable, with the reason. Exit status 1 when --atol/--rtol/--min-cosine is broken.
+
+    Example: graphopt compare m.onnx m.int8.onnx --data test.npz --per-layer --min-cosine 0.999 --report r.html
+    """
+    from graphopt.compare import Tolerance, compare as run_compare, load_dataset, parse_backends, parse_counts, \
+        variants_from_paths
+
+    backends = parse_backends(backends)
+    threads = parse_counts(threads, "--threads")
+    variants = variants_from_paths([original, *optimized])
+    dataset = load_dataset(data, variants[0].model, labels, batch_size=batch_size)
+    with _RunProgress() as progress:
+        result = run_compare(variants, dataset, backends=backends, threads=threads, runs=runs, warmup=warmup,
+                             per_layer=per_layer, tolerance=Tolerance(atol, rtol, min_cosine), progress=progress)
+    _write_outputs(result, json_path, report)
+    if not result.ok:
+        broken = [f"{s.variant.name} on {s.backend}" for s in result.slots if s.accuracy and not s.accuracy.ok]
+        err.print(f"graphopt: tolerance broken by {', '.join(broken)}", markup=False, soft_wrap=True)
+        sys.exit(EXIT_VERIFICATION_FAILED)
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_backends_option
+@click.option("--batch", "batches", default="1", show_default=True, metavar="N,N,...",
+              help="Batch sizes (set through the symbolic batch dim; a fixed-batch model runs at its own).")
+@_latency_options
+@_output_options
+def bench(models, backends, batches, threads, runs, warmup, json_path, report):
+    """Latency of each MODEL on each backend over thread counts and batch sizes (seeded inputs).
+
+    Example: graphopt bench m.onnx m.int8.onnx --threads 1,2 --batch 1,8 --json bench.json
+    """
+    from graphopt.compare import bench as run_bench, parse_backends, parse_counts, variants_from_paths
+
+    with _RunProgress() as progress:
+        result = run_bench(variants_from_paths(models), backends=parse_backends(backends),
+                           threads=parse_counts(threads, "--threads"), batches=parse_counts(batches, "--batch"),
+                           runs=runs, warmup=warmup, progress=progress)
+    _write_outputs(result, json_path, report)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--input", "inputs", type=click.Path(path_type=Path), required=True,
+              help="An .npz file with one array per model input, named like the inputs.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Where to write the outputs (.npz, one array per model output).")
+@click.option("--backend", type=click.Choice(["graphopt", "onnxruntime"]), default="graphopt", show_default=True,
+              help="Which runtime executes the model.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def run(model, inputs, output, backend, threads, as_json):
+    """Run MODEL on the arrays in --input and write its outputs to -o.
+
+    Example: graphopt run model.onnx --input feeds.npz -o outputs.npz --backend graphopt --threads 2
+    """
+    from graphopt.runtime.cli_run import run_command
+
+    summary = run_command(model, inputs, output, backend=backend, threads=threads)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    out.print(f"ran {model} on {summary['backend']} ({threads} thread{'s' if threads > 1 else ''}) "
+              f"in {summary['seconds'] * 1e3:.2f} ms; wrote {output}", markup=False)
+    for name, spec in summary["outputs"].items():
+        out.print(f"  output {name}: {spec['dtype']} {spec['shape']}", markup=False)
 
 
 def result_json(model: Path, written: Path | None, result) -> dict:

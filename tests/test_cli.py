@@ -5,9 +5,8 @@ from pathlib import Path
 import onnx
 
 import graphopt
-from graphopt.demo import build_demo_model
 from graphopt.verify import verify
-from tests.conftest import make_linear_model
+from tests.conftest import make_cluttered_cnn, make_linear_model
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -25,7 +24,7 @@ def test_version_help_and_module_entry(cli):
 
 def test_optimize_writes_a_verified_model_and_reports_json(tmp_path, cli):
     source = tmp_path / "demo.onnx"
-    onnx.save_model(build_demo_model(), str(source))
+    onnx.save_model(make_cluttered_cnn(), str(source))
     before = source.read_bytes()
     target = tmp_path / "demo.opt.onnx"
     proc = cli("optimize", source, "-o", target, "--dim", "batch=2", "--json")
@@ -36,7 +35,7 @@ def test_optimize_writes_a_verified_model_and_reports_json(tmp_path, cli):
     assert report["verification"]["input_shapes"] == {"image": [2, 3, 32, 32]}
     assert source.read_bytes() == before
     optimized = graphopt.load_model(target)
-    assert verify(build_demo_model(), optimized, dims={"batch": 3}).ok
+    assert verify(make_cluttered_cnn(), optimized, dims={"batch": 3}).ok
     kept_ops = {n.op_type for n in optimized.graph.node}
     assert not kept_ops & {"Identity", "Dropout", "Cast"}
 
@@ -74,10 +73,10 @@ def test_unsupported_op_is_a_clear_error(tmp_path, cli):
 
 
 def test_demo_runs_end_to_end(tmp_path, cli):
-    proc = cli("demo", "--workdir", tmp_path)
+    proc = cli("demo", "--workdir", tmp_path, "--runs", "0", "--no-report")
     assert proc.returncode == 0, proc.stderr
     assert "graphopt inspect" in proc.stdout and "verification on onnxruntime" in proc.stdout
-    assert (tmp_path / "demo.opt.onnx").is_file()
+    assert (tmp_path / "digits_cnn.int8.onnx").is_file() and not (tmp_path / "report.html").exists()
 
 
 def digits_accuracy(model_path) -> float:

@@ -2,11 +2,10 @@ import json
 
 import onnx
 
-from graphopt.demo import build_demo_model
 from graphopt.optimize import build_pipeline, optimize_model
 from graphopt.passes import PassContext
 from graphopt.passes.fusion import fusion_passes
-from tests.conftest import make_linear_model
+from tests.conftest import make_cluttered_cnn, make_linear_model
 
 from .builders import ops
 
@@ -20,12 +19,12 @@ def test_fusion_runs_after_cleanup_unless_turned_off():
 
 
 def test_demo_model_folds_its_batchnorm():
-    result = optimize_model(build_demo_model(), dims={"batch": 2})
+    result = optimize_model(make_cluttered_cnn(), dims={"batch": 2})
     assert result.ok
     rewrites = {rule: n for r in result.reports for rule, n in r.rewrites.items()}
     assert rewrites["Conv+BatchNormalization"] == 1
     assert "BatchNormalization" not in ops(result.model)
-    unfused = optimize_model(build_demo_model(), dims={"batch": 2}, fuse=False)
+    unfused = optimize_model(make_cluttered_cnn(), dims={"batch": 2}, fuse=False)
     assert len(result.model.graph.node) < len(unfused.model.graph.node)
 
 

@@ -1,0 +1,253 @@
+"""Integer matrix products and convolutions on ``graphopt.kernels``, with an exact fallback.
+
+The kernels take uint8 activations and int8 weights whose zero point is 0 (the U8S8 symmetric
+format of DESIGN.md). int8 activations join them exactly by a shift: ``a - za == (a + 128) -
+(za + 128)``. Everything else (uint8 weights, non-zero weight zero points, convolutions that are
+not 2-D) takes :func:`exact_matmul` / :func:`exact_conv`: the same integer sums computed in
+float64 on BLAS, which is exact while a sum stays below 2**53 (K up to ~10**11 for 8-bit data).
+
+Requantization, everywhere, is onnxruntime's: ``multiplier = float32(s_x * s_w) / float32(s_y)``,
+``q = round_half_even(float32(acc) * multiplier) + zp`` saturated to the output type.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from graphopt import kernels
+from graphopt.runtime.ops.nn import Window, conv_forward
+
+
+def to_uint8(x: np.ndarray, zero_point: int) -> tuple[np.ndarray, int]:
+    """uint8 data with its zero point, shifting int8 data by 128 (an exact change of origin)."""
+    if x.dtype == np.int8:
+        return (x.view(np.uint8) ^ np.uint8(0x80)), zero_point + 128
+    return x, zero_point
+
+
+def scalar(value, default: int = 0) -> int:
+    return default if value is None else int(np.asarray(value).reshape(-1)[0])
+
+
+def kernel_weights_ok(w: np.ndarray | None, w_zero_point) -> bool:
+    """Weights the compiled kernels can take: constant int8 with every zero point 0."""
+    return (w is not None and w.dtype == np.int8
+            and (w_zero_point is None or not np.any(np.asarray(w_zero_point))))
+
+
+def exact_matmul(a, a_zero_point, b, b_zero_point) -> np.ndarray:
+    """int32 ``(a - za) @ (b - zb)``; ``za`` may be per row of a 2-D ``a``, ``zb`` per column."""
+    a64 = a.astype(np.float64)
+    if a_zero_point is not None:
+        za = np.asarray(a_zero_point, np.float64)
+        a64 -= za.reshape(-1, 1) if za.ndim == 1 and za.size > 1 else za
+    b64 = b.astype(np.float64)
+    if b_zero_point is not None:
+        b64 -= np.asarray(b_zero_point, np.float64)
+    return np.matmul(a64, b64).astype(np.int32)
+
+
+def exact_conv(x, x_zero_point, w, w_zero_point, window: Window, group: int) -> np.ndarray:
+    """int32 convolution of ``x - zx`` with ``w - zw`` (``zw`` per output channel or per tensor)."""
+    x64 = x.astype(np.float64) - float(scalar(x_zero_point))
+    w64 = w.astype(np.float64)
+    if w_zero_point is not None:
+        zw = np.asarray(w_zero_point, np.float64).reshape(-1)
+        w64 -= zw.reshape((-1,) + (1,) * (w.ndim - 1)) if zw.size > 1 else zw[0]
+    # zero padding of x - zx is padding x with its zero point, as ConvInteger specifies
+    return conv_forward(x64, w64, None, window, group).astype(np.int32)
+
+
+def multiplier(x_scale, w_scale, y_scale) -> np.ndarray:
+    product = np.asarray(x_scale, np.float32) * np.asarray(w_scale, np.float32)
+    return (product / np.float32(np.asarray(y_scale).reshape(-1)[0])).astype(np.float32)
+
+
+def requantize(acc: np.ndarray, mult: np.ndarray, zero_point: int, dtype: np.dtype,
+               channel_axis: int | None = None) -> np.ndarray:
+    """int32 accumulators to ``dtype`` with a per-tensor or per-channel float32 multiplier."""
+    mult = np.asarray(mult, np.float32).reshape(-1)
+    if mult.size > 1:
+        shape = [1] * acc.ndim
+        shape[channel_axis] = -1
+        mult = mult.reshape(shape)
+    else:
+        mult = mult[0]
+    info = np.iinfo(dtype)
+    value = np.rint(acc.astype(np.float32) * mult)
+    return np.clip(value + zero_point, info.min, info.max).astype(dtype)
+
+
+def bound(value: float, quantize: tuple[np.float32, int]) -> int:
+    """A float clamp bound (ReLU's 0, Clip's min/max) in the quantized domain of ``quantize``."""
+    if np.isinf(value):
+        return 0 if value < 0 else 255
+    q = int(np.rint(np.float32(value) / quantize[0])) + quantize[1]
+    return min(max(q, 0), 255)
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _qlinear_add_run(a, ratio_a, b, ratio_b, fixed, out):
+    # An FMA rounds x * y + z once: the float64 product of float32 values is exact, so one
+    # float64 add and one rounding to float32 give the same result. Indexed from 0 by the loop
+    # counter so that LLVM vectorizes it (see kernels/glue.py).
+    for i in range(out.shape[0]):
+        partial = np.float32(np.float64(b[i]) * ratio_b + fixed)
+        value = np.float32(np.float64(a[i]) * ratio_a + np.float64(partial))
+        out[i] = np.uint8(min(max(np.rint(value), np.float32(0)), np.float32(255)))
+
+
+@numba.jit(nopython=True, nogil=True, cache=True, fastmath={"contract"})
+def _qlinear_add_run_fma(a, ratio_a, b, ratio_b, fixed, out):
+    # float32 throughout; "contract" lets LLVM fuse each multiply-add into one FMA instruction,
+    # which vectorizes at full width. QLinearAdd checks that it did (see _fma_matches).
+    for i in range(out.shape[0]):
+        partial = np.float32(b[i]) * ratio_b + fixed
+        value = np.float32(a[i]) * ratio_a + partial
+        out[i] = np.uint8(min(max(np.rint(value), np.float32(0)), np.float32(255)))
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _qlinear_add(a, ratio_a, b, ratio_b, fixed, out):
+    # a, b, out: [rows, n]; a or b may have one row, broadcast over the other's (a bias)
+    a_rows, b_rows = a.shape[0], b.shape[0]
+    for r in range(out.shape[0]):
+        _qlinear_add_run(a[r % a_rows], ratio_a, b[r % b_rows], ratio_b, fixed, out[r])
+
+
+def _as_rows(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]):
+    """``a``, ``b`` and the output as [rows, n] arrays, where ``a`` or ``b`` may have one row that
+    the kernels repeat (a bias along the last axis). Anything else is one long row, run without
+    the row loop: a plain elementwise pair, or one broadcast to the output's shape first (a
+    scalar, a per-channel vector: a uint8 copy is cheaper than many short rows)."""
+    n = shape[-1] if shape else 1
+    bias_like = [x.shape != shape and x.size == n and x.shape[-1:] == shape[-1:] and n >= 64 for x in (a, b)]
+    if any(bias_like):
+        return (np.ascontiguousarray(a).reshape(-1, n), np.ascontiguousarray(b).reshape(-1, n), (-1, n))
+
+    def flat(x):
+        x = x if x.shape == shape else np.broadcast_to(x, shape)
+        return np.ascontiguousarray(x).reshape(1, -1)
+    return flat(a), flat(b), (1, -1)
+
+
+class QLinearAdd:
+    """uint8 ``a + b`` requantized exactly as onnxruntime's QLinearAdd (its AVX2 kernel) does:
+    ``rint(fma(a, s_a/s_c, fma(b, s_b/s_c, zc - (s_a/s_c·za + s_b/s_c·zb))))`` in float32."""
+
+    def __init__(self, a_scale, a_zero_point, b_scale, b_zero_point, c_scale, c_zero_point):
+        ratio_a = np.float32(a_scale) / np.float32(c_scale)
+        ratio_b = np.float32(b_scale) / np.float32(c_scale)
+        fixed = np.float32(c_zero_point) - (np.float32(ratio_a * np.float32(a_zero_point))
+                                            + np.float32(ratio_b * np.float32(b_zero_point)))
+        self.constants = (np.float64(ratio_a), np.float64(ratio_b), np.float64(fixed))
+        self.constants32 = (ratio_a, ratio_b, fixed)
+        self.fma_exact = self._fma_matches()
+
+    def _fma_matches(self) -> bool:
+        """Whether the float32 FMA loop gives the exact loop's result for all 65,536 input pairs
+        (it does wherever LLVM emits FMA instructions): then it is exact for every input."""
+        a = np.repeat(np.arange(256, dtype=np.uint8), 256)
+        b = np.tile(np.arange(256, dtype=np.uint8), 256)
+        exact, fused = np.empty(a.size, np.uint8), np.empty(a.size, np.uint8)
+        _qlinear_add_run(a, *self.constants[:1], b, *self.constants[1:], exact)
+        ratio_a, ratio_b, fixed = self.constants32
+        _qlinear_add_run_fma(a, ratio_a, b, ratio_b, fixed, fused)
+        return bool(np.array_equal(exact, fused))
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ratio_a, ratio_b, fixed = self.constants
+        shape = np.broadcast_shapes(a.shape, b.shape)
+        out = np.empty(shape, np.uint8)
+        a_rows, b_rows, layout = _as_rows(a, b, shape)
+        if layout == (1, -1) and self.fma_exact:
+            ratio_a, ratio_b, fixed = self.constants32
+            _qlinear_add_run_fma(a_rows[0], ratio_a, b_rows[0], ratio_b, fixed, out.reshape(-1))
+        elif layout == (1, -1):
+            _qlinear_add_run(a_rows[0], ratio_a, b_rows[0], ratio_b, fixed, out.reshape(-1))
+        else:
+            _qlinear_add(a_rows, ratio_a, b_rows, ratio_b, fixed, out.reshape(layout))
+        return out
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _qlinear_mul_run(a, a_zero_point, b, b_zero_point, ratio, c_zero_point, out):
+    for i in range(out.shape[0]):
+        product = (np.int32(a[i]) - a_zero_point) * (np.int32(b[i]) - b_zero_point)
+        value = np.rint(np.float32(product) * ratio) + c_zero_point
+        out[i] = np.uint8(min(max(value, np.float32(0)), np.float32(255)))
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _qlinear_mul(a, a_zero_point, b, b_zero_point, ratio, c_zero_point, out):
+    a_rows, b_rows = a.shape[0], b.shape[0]
+    for r in range(out.shape[0]):
+        _qlinear_mul_run(a[r % a_rows], a_zero_point, b[r % b_rows], b_zero_point, ratio, c_zero_point, out[r])
+
+
+class QLinearMul:
+    """uint8 ``a * b`` requantized as onnxruntime's QLinearMul (its SSE2 kernel) does:
+    ``rint(float32((a - za)(b - zb)) * (s_a·s_b/s_c)) + zc``, the ratio in float32."""
+
+    def __init__(self, a_scale, a_zero_point, b_scale, b_zero_point, c_scale, c_zero_point):
+        ratio = np.float32(np.float32(a_scale) * np.float32(b_scale)) / np.float32(c_scale)
+        self.constants = (np.int32(a_zero_point), np.int32(b_zero_point), np.float32(ratio),
+                          np.float32(c_zero_point))
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a_zero_point, b_zero_point, ratio, c_zero_point = self.constants
+        shape = np.broadcast_shapes(a.shape, b.shape)
+        out = np.empty(shape, np.uint8)
+        a_rows, b_rows, layout = _as_rows(a, b, shape)
+        if layout == (1, -1):
+            _qlinear_mul_run(a_rows[0], a_zero_point, b_rows[0], b_zero_point, ratio, c_zero_point,
+                             out.reshape(-1))
+        else:
+            _qlinear_mul(a_rows, a_zero_point, b_rows, b_zero_point, ratio, c_zero_point, out.reshape(layout))
+        return out
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _lookup(x, table, out):
+    for i in range(x.size):
+        out[i] = table[x[i]]
+
+
+def lookup(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[x]`` for uint8 ``x`` (numpy's fancy indexing first widens every index to 64 bits)."""
+    out = np.empty(x.shape, table.dtype)
+    _lookup(np.ascontiguousarray(x).reshape(-1), table, out.reshape(-1))
+    return out
+
+
+class GemmWeights:
+    """Constant int8 ``w[K, N]`` packed once for the qgemm kernel."""
+
+    def __init__(self, w: np.ndarray):
+        self.k, self.n = w.shape
+        self.packed = kernels.pack_weights(np.ascontiguousarray(w))
+
+
+def qgemm_nd(a: np.ndarray, a_zero_point: int, weights: GemmWeights, threads: int, **epilogue) -> np.ndarray:
+    """``a[..., K]`` (uint8 or int8) times packed weights: ``[..., N]`` with qgemm's epilogue."""
+    a, a_zero_point = to_uint8(a, a_zero_point)
+    rows = a.reshape(-1, weights.k)
+    out = kernels.qgemm(rows, a_zero_point, weights.packed, threads=threads, **epilogue)
+    return out.reshape(a.shape[:-1] + (weights.n,))
+
+
+class ConvWeights:
+    """Constant int8 ``w[OC, C/group, KH, KW]`` packed once for the qconv2d kernel."""
+
+    def __init__(self, w: np.ndarray, group: int):
+        self.packed = kernels.pack_conv_weights(np.ascontiguousarray(w), group)
+        self.kernel = list(w.shape[2:])
+
+
+def qconv2d(x: np.ndarray, x_zero_point: int, weights: ConvWeights, window: Window, threads: int,
+            **epilogue) -> np.ndarray:
+    x, x_zero_point = to_uint8(x, x_zero_point)
+    kernel, strides, dilations, begin, end, _, _ = window.resolve(x.shape[2:], weights.kernel)
+    return kernels.qconv2d(np.ascontiguousarray(x), x_zero_point, weights.packed, stride=tuple(strides),
+                           padding=(begin[0], begin[1], end[0], end[1]), dilation=tuple(dilations),
+                           threads=threads, **epilogue)

@@ -1,0 +1,331 @@
+"""QDQ → int8 lowering: ``DQ → Conv/MatMul/Gemm → [Relu|Clip] → Q`` becomes one kernel call,
+and the other QDQ groups that onnxruntime runs in integers run in integers here too, with its
+arithmetic, so that a QDQ model gives onnxruntime's outputs bit for bit.
+
+Rules:
+
+1. The activation comes from a DequantizeLinear of a runtime tensor with a constant scalar scale
+   and a constant uint8 or int8 zero point; the weight from a DequantizeLinear of a constant int8
+   tensor with zero points 0 and a per-tensor or per-output-channel scale.
+2. A bias (Conv input 2, Gemm C) must be a DequantizeLinear of a constant int32 vector: its int32
+   values go to the kernel's epilogue unchanged, as onnxruntime's QLinearConv uses them.
+   A float bias, a non-default Gemm alpha/beta/transA, or a Conv that is not 2-D: no lowering.
+3. If the product's only consumer is a Relu or a Clip with constant bounds, whose only consumer
+   is a QuantizeLinear to uint8 with constant scalar scale and zero point (or the product feeds
+   that QuantizeLinear directly), the group becomes one call writing the uint8 result; the
+   activation becomes the epilogue's quantized clamp (exact: quantization is monotonic).
+4. Otherwise the product alone becomes a call with float32 output (``float32(acc) * s_x * s_w``)
+   and the Relu/Clip/Q stay as they are.
+5. A MatMul of two dequantized activations (attention) becomes exact integer sums requantized
+   like onnxruntime's QLinearMatMul.
+6. ``DQ(a) + DQ(b) → Q`` and ``DQ(a) * DQ(b) → Q``, all uint8 per tensor (a or b may be
+   constant), use onnxruntime's QLinearAdd / QLinearMul arithmetic.
+7. ``DQ → op → Q`` with the same scale and zero point on both sides, for an op that only moves
+   or selects values (MaxPool, Reshape, Transpose, ...; UINT8_TRANSPARENT): the op runs on the
+   uint8 tensor itself (exact: quantization is monotonic and DQ→Q round-trips).
+8. ``DQ → op → Q`` for an elementwise function of one value (Sigmoid, HardSwish, Gelu, ...;
+   LOOKUP_TABLE_OPS), per-tensor uint8: a 256-entry table made at session creation by running the
+   op on the 256 dequantized levels, the same float computation the nodes do one value at a time.
+9. Never lower when an intermediate tensor of the group is a graph output or has other consumers.
+
+The DequantizeLinear nodes stay in the graph; those left without consumers are dropped later.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from graphopt.runtime import int8
+from graphopt.runtime.ops import OPS, NodeSpec
+from graphopt.runtime.ops.nn import Window
+
+
+UINT8_TRANSPARENT = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice",
+                     "Resize", "Identity"}
+LOOKUP_TABLE_OPS = {"Sigmoid", "Tanh", "Relu", "LeakyRelu", "HardSigmoid", "HardSwish", "Gelu", "Erf",
+                    "Exp", "Log", "Sqrt", "Neg", "Abs", "Reciprocal", "Clip"}
+
+
+@dataclasses.dataclass
+class LoweredGroup:
+    """One step standing for the ``replaced`` nodes: ``kernel`` is the int8 call, or None when
+    ``spec`` is an ordinary op rewired to read and write the quantized tensors."""
+    spec: NodeSpec
+    kernel: object
+    replaced: list[NodeSpec]
+
+
+class _Graph:
+    def __init__(self, specs: list[NodeSpec], consts: dict[str, np.ndarray], graph_outputs: set[str]):
+        self.consts, self.graph_outputs = consts, graph_outputs
+        self.producer = {o: s for s in specs for o in s.outputs if o}
+        self.consumers: dict[str, list[NodeSpec]] = {}
+        for s in specs:
+            for i in s.inputs:
+                if i:
+                    self.consumers.setdefault(i, []).append(s)
+
+    def sole_consumer(self, tensor: str) -> NodeSpec | None:
+        users = self.consumers.get(tensor, [])
+        if len(users) != 1 or tensor in self.graph_outputs:
+            return None
+        return users[0]
+
+    def dequantized(self, tensor: str) -> NodeSpec | None:
+        node = self.producer.get(tensor)
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    def const(self, tensor: str) -> np.ndarray | None:
+        return self.consts.get(tensor) if tensor else None
+
+
+def _activation(g: _Graph, dq: NodeSpec | None, constant_ok: bool = False):
+    """(x tensor, scale, zero point) of an activation DequantizeLinear, or None."""
+    if dq is None or (dq.inputs[0] in g.consts and not constant_ok) or len(dq.inputs) < 3:
+        return None
+    scale, zp = g.const(dq.inputs[1]), g.const(dq.inputs[2])
+    if scale is None or zp is None or scale.size != 1 or zp.size != 1 or zp.dtype not in (np.uint8, np.int8):
+        return None
+    return dq.inputs[0], np.float32(scale.reshape(-1)[0]), int(zp.reshape(-1)[0])
+
+
+def _weights(g: _Graph, dq: NodeSpec | None, channel_axis: int):
+    """(int8 weights, float32 scale per output channel) of a weight DequantizeLinear, or None."""
+    if dq is None:
+        return None
+    w, scale = g.const(dq.inputs[0]), g.const(dq.inputs[1])
+    zp = g.const(dq.inputs[2]) if dq.has_input(2) else None
+    if w is None or scale is None or w.dtype != np.int8 or (dq.has_input(2) and zp is None):
+        return None
+    if zp is not None and np.any(zp):
+        return None
+    if scale.size > 1 and (dq.attr("axis", 1) % w.ndim != channel_axis or scale.size != w.shape[channel_axis]):
+        return None
+    return w, np.broadcast_to(scale.astype(np.float32).reshape(-1), (w.shape[channel_axis],)).copy()
+
+
+def _bias(g: _Graph, node: NodeSpec, index: int):
+    """int32 bias values, None when absent, False when present but not lowerable."""
+    if not node.has_input(index):
+        return None
+    dq = g.dequantized(node.inputs[index])
+    values = g.const(dq.inputs[0]) if dq is not None else None
+    if values is None or values.dtype != np.int32 or values.ndim != 1:
+        return False
+    return values
+
+
+def _quantize_params(g: _Graph, node: NodeSpec | None):
+    """(scale, zero point) of a per-tensor QuantizeLinear to uint8 with constant parameters, or None."""
+    if node is None or node.op_type != "QuantizeLinear" or len(node.inputs) < 3 or node.attr("output_dtype", 0):
+        return None
+    scale, zp = g.const(node.inputs[1]), g.const(node.inputs[2])
+    if scale is None or zp is None or scale.size != 1 or zp.dtype != np.uint8:
+        return None
+    return np.float32(scale.reshape(-1)[0]), int(zp.reshape(-1)[0])
+
+
+def _epilogue_tail(g: _Graph, node: NodeSpec):
+    """(output tensor, quantize settings or None, relu, clip, replaced nodes) after the product."""
+    out = node.outputs[0]
+    follower = g.sole_consumer(out)
+    relu, clip, activation = False, None, None
+    if follower is not None and follower.op_type in ("Relu", "Clip"):
+        if follower.op_type == "Relu":
+            relu = True
+        else:
+            lo = g.const(follower.inputs[1]) if follower.has_input(1) else None
+            hi = g.const(follower.inputs[2]) if follower.has_input(2) else None
+            if (follower.has_input(1) and lo is None) or (follower.has_input(2) and hi is None) or follower.opset < 11:
+                return out, None, False, None, []
+            clip = (-np.inf if lo is None else float(lo), np.inf if hi is None else float(hi))
+        activation = follower
+        follower = g.sole_consumer(follower.outputs[0])
+    quantize = _quantize_params(g, follower)
+    if quantize is None:
+        return out, None, False, None, []
+    replaced = ([activation] if activation else []) + [follower]
+    return follower.outputs[0], quantize, relu, clip, replaced
+
+
+def _conv_kernel(x, weights, bias, window, epilogue, threads):
+    def int8_conv(xq):
+        return int8.qconv2d(xq, x[2], weights, window, threads, bias=bias, **epilogue)
+    return int8_conv
+
+
+def _gemm_kernel(x, weights, bias, epilogue, threads):
+    def int8_gemm(xq):
+        return int8.qgemm_nd(xq, x[2], weights, threads, bias=bias, **epilogue)
+    return int8_gemm
+
+
+def _zero_point_type(g: _Graph, tensor: str) -> np.dtype:
+    return g.const(g.dequantized(tensor).inputs[2]).dtype
+
+
+_BINARY_KERNELS = {"Add": int8.QLinearAdd, "Mul": int8.QLinearMul}
+
+
+def _lower_binary(g: _Graph, node: NodeSpec) -> LoweredGroup | None:
+    """DQ(a) + DQ(b) → Q (or ×), all uint8 per tensor: onnxruntime runs it as QLinearAdd /
+    QLinearMul, whose float32 rounding differs from the float op; reproducing it keeps residual
+    connections and gates bit-exact."""
+    a = _activation(g, g.dequantized(node.inputs[0]), constant_ok=True)
+    b = _activation(g, g.dequantized(node.inputs[1]), constant_ok=True)
+    if a is None or b is None or not all(_zero_point_type(g, i) == np.uint8 for i in node.inputs[:2]):
+        return None
+    out, quantize, relu, clip, _ = _epilogue_tail(g, node)
+    if quantize is None or relu or clip is not None:
+        return None
+    tail = [g.sole_consumer(node.outputs[0])]
+
+    int8_binary = _BINARY_KERNELS[node.op_type](a[1], a[2], b[1], b[2], quantize[0], quantize[1])
+    spec = NodeSpec(name=node.name, op_type=f"Int8{node.op_type}", inputs=[a[0], b[0]], outputs=[out], attrs={},
+                    consts=[g.const(a[0]), g.const(b[0])], opset=node.opset, threads=node.threads)
+    return LoweredGroup(spec, int8_binary, [node] + tail)
+
+
+def _lower_between_qdq(g: _Graph, node: NodeSpec) -> LoweredGroup | None:
+    """``DQ → op → Q`` for an op that moves values (rule 7) or maps each value alone (rule 8)."""
+    if node.op_type not in UINT8_TRANSPARENT and node.op_type not in LOOKUP_TABLE_OPS:
+        return None
+    x = _activation(g, g.dequantized(node.inputs[0]))
+    if x is None or _zero_point_type(g, node.inputs[0]) != np.uint8 or node.num_outputs() != 1:
+        return None
+    q = g.sole_consumer(node.outputs[0])
+    quantize = _quantize_params(g, q)
+    if quantize is None:
+        return None
+    if node.op_type in UINT8_TRANSPARENT:
+        if quantize != (x[1], x[2]) or (node.op_type == "Resize" and node.attr("mode", "nearest") != "nearest"):
+            return None
+        spec = dataclasses.replace(node, inputs=[x[0]] + node.inputs[1:], outputs=[q.outputs[0]],
+                                   consts=[g.const(x[0])] + node.consts[1:])
+        return LoweredGroup(spec, None, [node, q])
+    others = [g.const(i) if i else None for i in node.inputs[1:]]
+    if any(i and v is None for i, v in zip(node.inputs[1:], others)):
+        return None
+    table = _lookup_table(node, x, others, quantize)
+    spec = NodeSpec(name=node.name, op_type=f"Int8{node.op_type}", inputs=[x[0]], outputs=[q.outputs[0]],
+                    attrs={}, consts=[g.const(x[0])], opset=node.opset, threads=node.threads)
+    return LoweredGroup(spec, lambda xq: int8.lookup(xq, table), [node, q])
+
+
+def _lookup_table(node: NodeSpec, x, others, quantize) -> np.ndarray:
+    """The op's value for each of the 256 inputs: dequantized, computed in float, quantized, as
+    the DQ → op → Q nodes compute them one by one."""
+    kernel = OPS[node.op_type].build(node)
+    levels = (np.arange(256, dtype=np.int32) - x[2]).astype(np.float32) * x[1]
+    values = np.asarray(kernel(levels, *others), np.float32)
+    return np.clip(np.rint(values / quantize[0]) + quantize[1], 0, 255).astype(np.uint8)
+
+
+def _try_lower(g: _Graph, node: NodeSpec) -> LoweredGroup | None:
+    if node.op_type in _BINARY_KERNELS:
+        return _lower_binary(g, node)
+    if node.op_type in UINT8_TRANSPARENT or node.op_type in LOOKUP_TABLE_OPS:
+        return _lower_between_qdq(g, node)
+    if node.op_type == "Conv":
+        channel_axis, bias_index = 0, 2
+    elif node.op_type == "Gemm":
+        if node.attr("transA", 0) or node.attr("alpha", 1.0) != 1.0 or node.attr("beta", 1.0) != 1.0:
+            return None
+        channel_axis, bias_index = (0 if node.attr("transB", 0) else 1), 2
+    elif node.op_type == "MatMul":
+        channel_axis, bias_index = 1, None
+    else:
+        return None
+    x = _activation(g, g.dequantized(node.inputs[0]))
+    if x is not None and node.op_type == "MatMul":
+        y = _activation(g, g.dequantized(node.inputs[1]))
+        if y is not None:
+            return _lower_activation_matmul(g, node, x, y)
+    w = _weights(g, g.dequantized(node.inputs[1]), channel_axis)
+    if x is None or w is None:
+        return None
+    w_int8, w_scale = w
+    bias = _bias(g, node, bias_index) if bias_index is not None else None
+    if bias is False:
+        return None
+    if node.op_type == "Conv":
+        if w_int8.ndim != 4:
+            return None
+        group = node.attr("group", 1)
+        weights = int8.ConvWeights(w_int8, group)
+    else:
+        if w_int8.ndim != 2:
+            return None
+        weights = int8.GemmWeights(w_int8.T if channel_axis == 0 else w_int8)
+    out, quantize, relu, clip, tail = _epilogue_tail(g, node)
+    scale = x[1] * w_scale
+    if quantize is not None:
+        epilogue = dict(scale=scale, output="uint8", out_scale=quantize[0], out_zero_point=quantize[1],
+                        relu=relu, clip=clip)
+    else:
+        epilogue = dict(scale=scale, output="float32")
+    if node.op_type == "Conv":
+        kernel = _conv_kernel(x, weights, bias, Window(node, node.attr("kernel_shape")), epilogue,
+                              node.threads)
+    else:
+        kernel = _gemm_kernel(x, weights, bias, epilogue, node.threads)
+    replaced = [node] + tail
+    spec = NodeSpec(name=node.name, op_type=f"Int8{node.op_type}", inputs=[x[0]], outputs=[out], attrs={},
+                    consts=[None], opset=node.opset, threads=node.threads)
+    return LoweredGroup(spec, kernel, replaced)
+
+
+def _lower_activation_matmul(g: _Graph, node: NodeSpec, a, b) -> LoweredGroup:
+    """A MatMul of two dequantized activations (attention's Q·Kᵀ): exact integer sums, requantized
+    as onnxruntime's QLinearMatMul does."""
+    out, quantize, relu, clip, tail = _epilogue_tail(g, node)
+    scale = np.float32(a[1] * b[1])
+    if quantize is not None:
+        mult = np.float32(scale / quantize[0])
+        low, high = max(-np.inf if clip is None else clip[0], 0.0 if relu else -np.inf), \
+            np.inf if clip is None else clip[1]
+        low, high = int8.bound(low, quantize), int8.bound(high, quantize)
+
+        def int8_matmul(aq, bq):
+            acc = int8.exact_matmul(aq, a[2], bq, b[2])
+            return np.clip(int8.requantize(acc, mult, quantize[1], np.dtype(np.uint8)), low, high)
+    else:
+        def int8_matmul(aq, bq):
+            return int8.exact_matmul(aq, a[2], bq, b[2]).astype(np.float32) * scale
+    spec = NodeSpec(name=node.name, op_type="Int8MatMul", inputs=[a[0], b[0]], outputs=[out], attrs={},
+                    consts=[None, None], opset=node.opset, threads=node.threads)
+    return LoweredGroup(spec, int8_matmul, [node] + tail)
+
+
+def lower_qdq(specs: list[NodeSpec], consts: dict[str, np.ndarray], graph_outputs: set[str]):
+    """Replace every lowerable QDQ group; returns the new node list and the groups made."""
+    g = _Graph(specs, consts, graph_outputs)
+    groups: dict[int, LoweredGroup] = {}
+    absorbed: set[int] = set()
+    for spec in specs:
+        if id(spec) in absorbed:
+            continue
+        group = _try_lower(g, spec)
+        if group is None:
+            continue
+        groups[id(spec)] = group
+        absorbed.update(id(m) for m in group.replaced if m is not spec)
+    result = []
+    for spec in specs:
+        if id(spec) in absorbed:
+            continue
+        result.append(groups[id(spec)].spec if id(spec) in groups else spec)
+    return result, list(groups.values())
+
+
+def drop_unused(specs: list[NodeSpec], graph_outputs: set[str]) -> list[NodeSpec]:
+    """Remove nodes none of whose outputs is used (the DequantizeLinear nodes lowering left)."""
+    needed = set(graph_outputs)
+    kept = []
+    for spec in reversed(specs):
+        if any(o in needed for o in spec.outputs if o):
+            kept.append(spec)
+            needed.update(i for i in spec.inputs if i)
+    return kept[::-1]
+

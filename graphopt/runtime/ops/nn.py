@@ -1,0 +1,352 @@
+"""Dense and convolutional ops in fp32: Conv, ConvTranspose, Gemm, MatMul, normalizations, pooling.
+
+Convolution is im2col (a strided window view, copied once) followed by one batched matmul on
+BLAS, split over the session's threads by :func:`matmul`; 2-D depthwise convolution is a Numba
+loop (``numba_fp32``), since a GEMM with K = kernel size and one output channel per group would
+waste BLAS. MaxPool takes the maximum one axis at a time over strided views; 2-D average pooling
+on float32 uses the Numba kernel of ``graphopt.kernels.glue``, other cases a window view.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import itertools
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from graphopt.kernels import glue
+from graphopt.runtime.ops import NodeSpec, normalize_axis, numba_fp32, refuse, register
+
+
+
+# Below this many multiply-adds per thread a product is not worth splitting (~0.1 ms of one core).
+_MIN_MACS_PER_THREAD = 4_000_000
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="graphopt-matmul")
+
+
+def matmul(a: np.ndarray, b: np.ndarray, threads: int = 1) -> np.ndarray:
+    """``np.matmul`` over ``threads`` threads, each taking a slice of ``b``'s columns.
+
+    BLAS itself runs single-threaded (the session sets it so): OpenBLAS's own threads spin
+    between calls and, on a shared machine, make a 2-thread run several times slower than a
+    1-thread one. numpy releases the GIL inside matmul, so Python threads do run in parallel.
+    """
+    columns = b.shape[-1]
+    if b.ndim < 2 or threads == 1 or a.size * columns < _MIN_MACS_PER_THREAD * 2 or columns < 2 * threads:
+        return np.matmul(a, b)
+    shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], columns)
+    out = np.empty(shape, np.result_type(a, b))
+    bounds = np.linspace(0, columns, threads + 1).astype(int)
+    parts = [_pool(threads).submit(np.matmul, a, b[..., lo:hi], out=out[..., lo:hi])
+             for lo, hi in zip(bounds[:-1], bounds[1:])]
+    for part in parts:
+        part.result()
+    return out
+
+
+class Window:
+    """Kernel, strides, dilations and padding of a Conv or pooling node, resolved per input shape."""
+
+    def __init__(self, node: NodeSpec, kernel: list[int] | None, ceil_mode: bool = False):
+        self.kernel = kernel
+        self.auto_pad = node.attr("auto_pad", "NOTSET")
+        refuse(self.auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"),
+               f"auto_pad={self.auto_pad!r}")
+        self.strides, self.dilations = node.attr("strides"), node.attr("dilations")
+        self.pads, self.ceil_mode = node.attr("pads"), ceil_mode
+        self._resolved = {}
+
+    def resolve(self, spatial: tuple[int, ...], kernel: list[int] | None = None):
+        """(kernel, strides, dilations, pads_begin, pads_end, explicit_end, out) for these dims.
+
+        ``explicit_end`` is the end padding the node asked for; ``pads_end`` adds what ceil_mode
+        needs on top of it. Cached per input shape: a plan calls it with the same one every run.
+        """
+        key = (tuple(spatial), None if kernel is None else tuple(kernel))
+        if key not in self._resolved:
+            self._resolved[key] = self._resolve(spatial, kernel)
+        return self._resolved[key]
+
+    def _resolve(self, spatial, kernel):
+        kernel = list(kernel or self.kernel)
+        nd = len(kernel)
+        strides = list(self.strides or [1] * nd)
+        dilations = list(self.dilations or [1] * nd)
+        extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+        if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            out = [-(-n // s) for n, s in zip(spatial, strides)]
+            total = [max((o - 1) * s + e - n, 0) for o, s, e, n in zip(out, strides, extent, spatial)]
+            small = [t // 2 for t in total]
+            begin = small if self.auto_pad == "SAME_UPPER" else [t - h for t, h in zip(total, small)]
+            end = [t - b for t, b in zip(total, begin)]
+            return kernel, strides, dilations, begin, end, end, out
+        pads = [0] * (2 * nd) if self.auto_pad == "VALID" or not self.pads else list(self.pads)
+        begin, end = pads[:nd], pads[nd:]
+        out, full_end = [], []
+        for n, k, s, b, e in zip(spatial, extent, strides, begin, end):
+            span = n + b + e - k
+            o = (-(-span // s) if self.ceil_mode else span // s) + 1
+            if self.ceil_mode and (o - 1) * s >= n + b:
+                o -= 1  # the last window would start in the end padding
+            out.append(o)
+            full_end.append(max(e, (o - 1) * s + k - n - b))
+        return kernel, strides, dilations, begin, full_end, end, out
+
+
+def _windows(xp, kernel, strides, dilations, out):
+    """``xp[N, C, *S]`` padded to its views ``[N, C, *out, *kernel]``."""
+    nd = len(kernel)
+    extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    view = sliding_window_view(xp, extent, axis=tuple(range(2, 2 + nd)))
+    index = (slice(None), slice(None)) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out, strides)) \
+        + tuple(slice(None, None, d) for d in dilations)
+    return view[index]
+
+
+def _pad_spatial(x, begin, end, value):
+    if not any(begin) and not any(end):
+        return x
+    # np.pad costs tens of microseconds of Python per call; a filled array and one copy do not
+    shape = x.shape[:2] + tuple(n + b + e for n, b, e in zip(x.shape[2:], begin, end))
+    padded = np.full(shape, value, x.dtype)
+    padded[(slice(None), slice(None)) + tuple(slice(b, b + n) for b, n in zip(begin, x.shape[2:]))] = x
+    return padded
+
+
+def _conv_depthwise(xp, w, strides, dilations, out):
+    """Depthwise conv: one multiply-add over the whole tensor per kernel tap."""
+    kernel = w.shape[2:]
+    result = np.zeros(xp.shape[:2] + tuple(out), np.result_type(xp, w))
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        index = (slice(None), slice(None)) + tuple(
+            slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, o, s in zip(tap, dilations, out, strides))
+        result += xp[index] * w[(slice(None), 0) + tap].reshape((1, -1) + (1,) * len(kernel))
+    return result
+
+
+def conv_forward(x, w, bias, window: Window, group: int, threads: int = 1):
+    """fp32 convolution of ``x[N, C, *S]`` with ``w[OC, C/group, *K]`` (any number of spatial dims)."""
+    kernel, strides, dilations, begin, end, _, out = window.resolve(x.shape[2:], list(w.shape[2:]))
+    batch, channels = x.shape[:2]
+    oc = w.shape[0]
+    if group == channels == oc and w.shape[1] == 1 and len(kernel) == 2 and x.dtype.kind == "f":
+        y = numba_fp32.depthwise_conv2d(_pad_spatial(x, begin, end, 0), w[:, 0], strides, dilations, out)
+    elif group == channels == oc and w.shape[1] == 1:
+        y = _conv_depthwise(_pad_spatial(x, begin, end, 0), w, strides, dilations, out)
+    elif all(k == 1 for k in kernel) and not any(begin) and not any(end) and group == 1:
+        xs = x[(slice(None), slice(None)) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out, strides))]
+        y = matmul(w.reshape(oc, channels), xs.reshape(batch, channels, -1), threads)
+    else:
+        views = _windows(_pad_spatial(x, begin, end, 0), kernel, strides, dilations, out)
+        nd = len(kernel)
+        # [N, C, *out, *K] -> [N, G, C/G * prod(K), prod(out)]: the im2col copy
+        order = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))
+        cols = views.transpose(order).reshape(batch, group, -1, math.prod(out))
+        y = matmul(w.reshape(1, group, oc // group, -1), cols, threads)
+    y = y.reshape((batch, oc) + tuple(out))
+    if bias is not None:
+        y += bias.reshape((1, -1) + (1,) * len(out))
+    return y
+
+
+@register("Conv")
+def build_conv(node: NodeSpec):
+    window = Window(node, node.attr("kernel_shape"))
+    group = node.attr("group", 1)
+    const_w = node.const(1)
+    if const_w is not None:
+        const_w = np.ascontiguousarray(const_w)
+
+    def conv(x, w, bias=None):
+        return conv_forward(x, const_w if const_w is not None else w, bias, window, group, node.threads)
+    return conv
+
+
+@register("ConvTranspose")
+def build_conv_transpose(node: NodeSpec):
+    window = Window(node, node.attr("kernel_shape"))
+    group = node.attr("group", 1)
+    output_padding, output_shape = node.attr("output_padding"), node.attr("output_shape")
+
+    def conv_transpose(x, w, bias=None):
+        batch, channels = x.shape[:2]
+        spatial = x.shape[2:]
+        nd = len(spatial)
+        kernel = list(w.shape[2:])
+        strides = list(window.strides or [1] * nd)
+        dilations = list(window.dilations or [1] * nd)
+        extra = list(output_padding or [0] * nd)
+        full = [(n - 1) * s + (k - 1) * d + 1 + p for n, s, k, d, p in zip(spatial, strides, kernel, dilations, extra)]
+        if output_shape is not None or window.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            target = list(output_shape)[-nd:] if output_shape is not None else [n * s for n, s in zip(spatial, strides)]
+            total = [f - t for f, t in zip(full, target)]
+            lower = window.auto_pad == "SAME_LOWER"
+            # a negative total padding grows the output at the end, like output_padding
+            begin = [max(t - t // 2 if lower else t // 2, 0) for t in total]
+        else:
+            pads = list(window.pads or [0] * (2 * nd))
+            begin = pads[:nd]
+            target = [f - b - e for f, b, e in zip(full, pads[:nd], pads[nd:])]
+        full = [max(f, b + t) for f, b, t in zip(full, begin, target)]
+        ocg = w.shape[1]
+        # [N, G, Cg, prod(S)] x [G, Cg, OCg*prod(K)] -> contributions [N, G, OCg, *K, *S]
+        xg = x.reshape(batch, group, channels // group, -1)
+        wg = w.reshape(group, channels // group, -1)
+        contrib = np.matmul(wg.transpose(0, 2, 1)[None], xg)
+        contrib = contrib.reshape((batch, group * ocg) + tuple(kernel) + tuple(spatial))
+        y = np.zeros((batch, group * ocg) + tuple(full), x.dtype)
+        for tap in itertools.product(*(range(k) for k in kernel)):
+            index = (slice(None), slice(None)) + tuple(
+                slice(t * d, t * d + (n - 1) * s + 1, s) for t, d, n, s in zip(tap, dilations, spatial, strides))
+            y[index] += contrib[(slice(None), slice(None)) + tap]
+        crop = (slice(None), slice(None)) + tuple(slice(b, b + t) for b, t in zip(begin, target))
+        y = y[crop]
+        if bias is not None:
+            y = y + bias.reshape((1, -1) + (1,) * nd)
+        return np.ascontiguousarray(y)
+    return conv_transpose
+
+
+@register("Gemm")
+def build_gemm(node: NodeSpec):
+    alpha, beta = node.attr("alpha", 1.0), node.attr("beta", 1.0)
+    trans_a, trans_b = bool(node.attr("transA", 0)), bool(node.attr("transB", 0))
+    const_b = node.const(1)
+    if const_b is not None:
+        # laid out [K, N] once, so that every call is one plain BLAS product
+        const_b = np.ascontiguousarray(const_b.T if trans_b else const_b)
+
+    def gemm(a, b, c=None):
+        a = a.T if trans_a else a
+        b = const_b if const_b is not None else (b.T if trans_b else b)
+        y = matmul(a, b, node.threads)
+        if alpha != 1.0:
+            y *= y.dtype.type(alpha)
+        if c is not None:
+            y += c * c.dtype.type(beta) if beta != 1.0 else c
+        return y
+    return gemm
+
+
+@register("MatMul")
+def build_matmul(node: NodeSpec):
+    return lambda a, b: matmul(a, b, node.threads)
+
+
+@register("BatchNormalization")
+def build_batch_norm(node: NodeSpec):
+    refuse(bool(node.attr("training_mode", 0)), "BatchNormalization training_mode=1")
+    refuse(node.num_outputs() > 1, "BatchNormalization running-statistics outputs")
+    refuse(node.opset < 7, "BatchNormalization before opset 7 (spatial / is_test)")
+    epsilon = node.attr("epsilon", 1e-5)
+
+    def affine(scale, b, mean, var):
+        a = scale / np.sqrt(var + var.dtype.type(epsilon))
+        return a, b - mean * a
+
+    consts = [node.const(i) for i in range(1, 5)]
+    folded = affine(*consts) if all(c is not None for c in consts) else None
+
+    def batch_norm(x, scale, b, mean, var):
+        a, shift = folded or affine(scale, b, mean, var)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return x * a.reshape(shape).astype(x.dtype) + shift.reshape(shape).astype(x.dtype)
+    return batch_norm
+
+
+@register("LayerNormalization", multi_output=True)
+def build_layer_norm(node: NodeSpec):
+    axis, epsilon = node.attr("axis", -1), node.attr("epsilon", 1e-5)
+    refuse(node.attr("stash_type", 1) != 1, "LayerNormalization stash_type other than float32")
+
+    def layer_norm(x, scale, bias=None):
+        a = normalize_axis(axis, x.ndim)
+        axes = tuple(range(a, x.ndim))
+        mean = x.mean(axis=axes, keepdims=True)
+        centered = x - mean
+        var = (centered * centered).mean(axis=axes, keepdims=True)
+        inv_std = 1 / np.sqrt(var + x.dtype.type(epsilon))
+        y = centered * inv_std * scale
+        if bias is not None:
+            y += bias
+        return y.astype(x.dtype, copy=False), mean, inv_std
+    return layer_norm
+
+
+@register("GlobalAveragePool")
+def build_global_average_pool(node: NodeSpec):
+    return lambda x: x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+@register("GlobalMaxPool")
+def build_global_max_pool(node: NodeSpec):
+    return lambda x: x.max(axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+def _lowest(dtype):
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+def _separable_max(xp, kernel, strides, dilations, out):
+    """Max over windows, one spatial axis at a time: k strided ``np.maximum`` per axis."""
+    for axis, (k, s, d, o) in enumerate(zip(kernel, strides, dilations, out), start=2):
+        taps = [xp[(slice(None),) * axis + (slice(t * d, t * d + (o - 1) * s + 1, s),)] for t in range(k)]
+        result = taps[0].copy()
+        for tap in taps[1:]:
+            np.maximum(result, tap, out=result)
+        xp = result
+    return xp
+
+
+@register("MaxPool", multi_output=True)
+def build_max_pool(node: NodeSpec):
+    window = Window(node, node.attr("kernel_shape"), bool(node.attr("ceil_mode", 0)))
+    refuse(node.attr("storage_order", 0) != 0, "MaxPool storage_order=1 (column-major indices)")
+    want_indices = node.num_outputs() > 1
+
+    def max_pool(x):
+        kernel, strides, dilations, begin, end, _, out = window.resolve(x.shape[2:])
+        padded = _pad_spatial(x, begin, end, _lowest(x.dtype))
+        if not want_indices:
+            return (_separable_max(padded, kernel, strides, dilations, out),)
+        views = _windows(padded, kernel, strides, dilations, out)
+        flat = views.reshape(views.shape[:2 + len(out)] + (-1,))
+        y = flat.max(axis=-1)
+        if not want_indices:
+            return (y,)
+        positions = np.arange(x.size, dtype=np.int64).reshape(x.shape)
+        index_views = _windows(_pad_spatial(positions, begin, end, -1), kernel, strides, dilations, out)
+        picked = np.take_along_axis(index_views.reshape(flat.shape), flat.argmax(axis=-1)[..., None], -1)
+        return y, picked[..., 0]
+    return max_pool
+
+
+@register("AveragePool")
+def build_average_pool(node: NodeSpec):
+    window = Window(node, node.attr("kernel_shape"), bool(node.attr("ceil_mode", 0)))
+    include_pad = bool(node.attr("count_include_pad", 0))
+
+    def average_pool(x):
+        kernel, strides, dilations, begin, end, explicit_end, out = window.resolve(x.shape[2:])
+        if len(kernel) == 2 and not include_pad and x.dtype == np.float32 and dilations == [1, 1]:
+            return glue.average_pool2d(x, tuple(kernel), tuple(strides), tuple(begin + end))
+        sums = _windows(_pad_spatial(x, begin, end, 0), kernel, strides, dilations, out)
+        sums = sums.reshape(sums.shape[:2 + len(out)] + (-1,)).sum(axis=-1)
+        # count the taps that fall on the input, or on explicit padding with count_include_pad
+        ones = np.ones((1, 1) + x.shape[2:], x.dtype)
+        if include_pad:
+            ones = _pad_spatial(ones, begin, explicit_end, 1)
+            extra = [e - x for e, x in zip(end, explicit_end)]
+            counts = _pad_spatial(ones, [0] * len(out), extra, 0)
+        else:
+            counts = _pad_spatial(ones, begin, end, 0)
+        counts = _windows(counts, kernel, strides, dilations, out)
+        counts = counts.reshape(counts.shape[:2 + len(out)] + (-1,)).sum(axis=-1)
+        return (sums / counts).astype(x.dtype, copy=False)
+    return average_pool

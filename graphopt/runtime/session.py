@@ -1,0 +1,335 @@
+"""``Session``: graphopt's own backend, with onnxruntime's API shape.
+
+At creation the model is checked for ops and attribute values the runtime lacks (all reported at
+once), QDQ groups are lowered to int8 kernel calls, weights are packed, constant subgraphs are
+folded and every node gets its prebound kernel. At the first ``run`` with a new input-shape
+signature the graph is compiled into a :class:`~graphopt.runtime.plan.Plan`; later runs with the
+same shapes reuse it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from graphopt.errors import InputSpecError, UnsupportedModelError
+from graphopt.feeds import InputSpec, value_info_spec
+from graphopt.model_io import check_versions, load_model
+from graphopt.runtime import plan as plans
+from graphopt.runtime.lowering import drop_unused, lower_qdq
+from graphopt.runtime.ops import OPS, NodeSpec, Unsupported
+from graphopt.runtime.ops.tensor import NUMERIC_TYPES, constant_value, type_name
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_MAX_LISTED = 50
+# ops whose kernels call numpy's BLAS (fp32 products, the exact integer fallbacks)
+_BLAS_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Int8MatMul", "MatMulInteger", "ConvInteger",
+             "QLinearConv", "QLinearMatMul"}
+
+
+@dataclasses.dataclass
+class NodeArg:
+    """An input or output of the model, as onnxruntime's ``NodeArg`` describes it."""
+    name: str
+    shape: list[int | str | None]
+    type: str
+
+
+def _node_arg(spec: InputSpec, elem_type: int) -> NodeArg:
+    # onnxruntime's spelling: tensor(float), tensor(int64), tensor(uint8), ...
+    name = onnx.TensorProto.DataType.Name(elem_type or onnx.TensorProto.FLOAT).lower()
+    return NodeArg(spec.name, list(spec.dims), f"tensor({name})")
+
+
+def _single_threaded_blas():
+    """A context running numpy's BLAS on one thread: the kernels split products over the
+    session's threads themselves (see ``graphopt.runtime.ops.nn.matmul``)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # threadpoolctl is optional: without it BLAS keeps its own setting
+        return contextlib.nullcontext
+    controller = ThreadpoolController()
+    return lambda: controller.limit(limits=1, user_api="blas")
+
+
+def _attribute(attr: onnx.AttributeProto):
+    value = onnx.helper.get_attribute_value(attr)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _listing(problems: list[str]) -> str:
+    shown = problems[:_MAX_LISTED]
+    if len(problems) > _MAX_LISTED:
+        shown.append(f"... and {len(problems) - _MAX_LISTED} more")
+    return "; ".join(shown)
+
+
+def _topological(specs: list[NodeSpec], available: set[str]) -> list[NodeSpec]:
+    """Nodes in an order where each runs after its producers (ONNX requires it; not every
+    in-memory model honours it). Nodes that can never run are left at the end, in file order."""
+    ordered, waiting, known = [], list(specs), set(available) | {""}
+    while waiting:
+        ready = [s for s in waiting if all(i in known for i in s.inputs)]
+        if not ready:
+            return ordered + waiting
+        for spec in ready:
+            known.update(spec.outputs)
+        ordered += ready
+        ready_ids = {id(s) for s in ready}
+        waiting = [s for s in waiting if id(s) not in ready_ids]
+    return ordered
+
+
+class Session:
+    """Run an ONNX model on graphopt's runtime: ``Session(path_or_model, threads=1)``."""
+
+    def __init__(self, path_or_model: str | os.PathLike | onnx.ModelProto | bytes, threads: int = 1):
+        if threads < 1:
+            raise InputSpecError(f"threads must be at least 1, got {threads}")
+        self.threads = threads
+        model = self._load(path_or_model)
+        graph = model.graph
+        self._opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
+        self._check_types(graph)
+        consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self._input_specs = [value_info_spec(i) for i in graph.input if i.name not in consts]
+        self._input_types = {i.name: i.type.tensor_type.elem_type for i in graph.input}
+        self._inputs = [_node_arg(s, self._input_types[s.name]) for s in self._input_specs]
+        self._outputs = [_node_arg(value_info_spec(o), o.type.tensor_type.elem_type) for o in graph.output]
+        self._output_names = [o.name for o in graph.output]
+        specs = _topological(self._node_specs(graph, consts), set(consts) | {s.name for s in self._input_specs})
+        outputs = set(self._output_names)
+        specs = self._fold_constants(specs, consts)
+        specs, self.lowered = lower_qdq(specs, consts, outputs)
+        specs = drop_unused(specs, outputs)
+        self._build(specs, consts)
+        self._plans: dict[tuple, plans.Plan] = {}
+        uses_blas = any(step.op_type in _BLAS_OPS for step in self._steps)
+        # setting BLAS's thread count costs ~15 us a run: only graphs that call BLAS pay it
+        self._blas_limit = _single_threaded_blas() if uses_blas else contextlib.nullcontext
+
+    # ---- creation ---------------------------------------------------------------------------
+    @staticmethod
+    def _load(source) -> onnx.ModelProto:
+        if isinstance(source, onnx.ModelProto):
+            check_versions(source)
+            return source
+        if isinstance(source, bytes):
+            model = onnx.ModelProto()
+            model.ParseFromString(source)
+            check_versions(model)
+            return model
+        return load_model(source)
+
+    @staticmethod
+    def _check_types(graph: onnx.GraphProto) -> None:
+        problems = []
+        for info in list(graph.input) + list(graph.output):
+            kind = info.type.WhichOneof("value")
+            if kind is None and info in graph.output:
+                continue  # an output without a declared type gets the one its producer computes
+            if kind != "tensor_type":
+                problems.append(f"{info.name}: a {kind or 'untyped'} value (only tensors are supported)")
+            elif info.type.tensor_type.elem_type not in NUMERIC_TYPES:
+                problems.append(f"{info.name}: element type {type_name(info.type.tensor_type.elem_type)}")
+        for tensor in graph.initializer:
+            if tensor.data_type not in NUMERIC_TYPES:
+                problems.append(f"initializer {tensor.name}: element type {type_name(tensor.data_type)}")
+        if problems:
+            raise UnsupportedModelError("graphopt's runtime cannot run this model: " + _listing(problems),
+                                        "run it with --backend onnxruntime")
+
+    def _node_specs(self, graph: onnx.GraphProto, consts: dict[str, np.ndarray]) -> list[NodeSpec]:
+        specs, problems = [], []
+        for index, node in enumerate(graph.node):
+            name = node.name or f"{node.op_type}_{index}"
+            if node.domain not in _DEFAULT_DOMAINS:
+                problems.append(f"{name} ({node.domain}.{node.op_type}: custom domain)")
+                continue
+            attrs = {a.name: _attribute(a) for a in node.attribute}
+            spec = NodeSpec(name, node.op_type, list(node.input), list(node.output), attrs,
+                            [consts.get(i) if i else None for i in node.input], self._opset, self.threads)
+            if node.op_type == "Constant":
+                try:
+                    consts[node.output[0]] = constant_value(spec)
+                except Unsupported as exc:
+                    problems.append(f"{name} (Constant: {exc})")
+                continue
+            specs.append(spec)
+        self._raise_if(problems)
+        return specs
+
+    @staticmethod
+    def _raise_if(problems: list[str]) -> None:
+        if not problems:
+            return
+        raise UnsupportedModelError(
+            f"graphopt's runtime does not support {len(problems)} node(s): " + _listing(problems),
+            "run the model with --backend onnxruntime, or file an issue naming the op")
+
+    def _build(self, specs: list[NodeSpec], consts: dict[str, np.ndarray]) -> None:
+        """Give every node its kernel and a slot per tensor; fold what is constant."""
+        kernels, problems = [], []
+        lowered = {id(g.spec): g.kernel for g in self.lowered if g.kernel is not None}
+        for spec in specs:
+            if id(spec) in lowered:
+                kernels.append((lowered[id(spec)], False))
+                continue
+            op = OPS.get(spec.op_type)
+            if op is None:
+                problems.append(f"{spec.name} ({spec.op_type}: op not implemented)")
+                continue
+            try:
+                kernels.append((op.build(spec), op.multi_output))
+            except Unsupported as exc:
+                problems.append(f"{spec.name} ({spec.op_type}: {exc})")
+        self._raise_if(problems)
+        # slot 0: an omitted optional input (always None); slot 1: outputs nothing reads
+        slots: dict[str, int] = {"": 0}
+        self._slot_names = ["", "<discard>"]
+
+        def slot(name: str) -> int:
+            if name not in slots:
+                slots[name] = len(self._slot_names)
+                self._slot_names.append(name)
+            return slots[name]
+
+        used = {i for s in specs for i in s.inputs if i} | set(self._output_names)
+        for name in [s.name for s in self._input_specs] + self._output_names:
+            slot(name)
+        steps = []
+        for spec, (kernel, multi) in zip(specs, kernels):
+            ins = tuple(slot(i) if i else 0 for i in spec.inputs)
+            outs = tuple(slot(o) if o and o in used else 1 for o in spec.outputs)
+            steps.append(plans.Step(spec.name, spec.op_type, kernel, ins, outs, multi))
+        self._slots = slots
+        self._consts = {slots[n]: v for n, v in consts.items() if n in slots}
+        self._steps = plans.fuse_activation_tails(steps, self._consts, {slots[n] for n in self._output_names})
+        self._input_slots = [slots[s.name] for s in self._input_specs]
+        self._output_slots = {n: slots[n] for n in self._output_names}
+
+    @staticmethod
+    def _fold_constants(specs: list[NodeSpec], consts: dict[str, np.ndarray]) -> list[NodeSpec]:
+        """Compute, once, the nodes whose inputs are all constant (weights that the file stores
+        as float and quantizes with a QuantizeLinear node, shape arithmetic): lowering then sees
+        int8 weights, and the plan never runs these nodes. A DequantizeLinear of a constant is
+        left for the plan (after lowering, unless a kernel absorbed it, it runs once per run)."""
+        remaining = []
+        for spec in specs:
+            spec.consts = [consts.get(i) if i else None for i in spec.inputs]
+            op = OPS.get(spec.op_type)
+            # DequantizeLinear nodes stay: they mark the quantized tensors that lowering reads
+            if op is None or spec.op_type == "DequantizeLinear" or not all(i == "" or i in consts
+                                                                           for i in spec.inputs):
+                remaining.append(spec)
+                continue
+            try:
+                kernel = op.build(spec)
+            except Unsupported:
+                remaining.append(spec)  # reported with the others when the plan is built
+                continue
+            result = kernel(*spec.consts)
+            for name, value in zip(spec.outputs, result if op.multi_output else (result,)):
+                if name:
+                    consts[name] = np.asarray(value)
+        return remaining
+
+    # ---- onnxruntime's API ------------------------------------------------------------------
+    def get_inputs(self) -> list[NodeArg]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[NodeArg]:
+        return list(self._outputs)
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray], run_options=None) -> list[np.ndarray]:
+        """The outputs named (all when None), in that order, for ``feeds`` (input name → array).
+
+        ``run_options`` is accepted, and ignored, for onnxruntime's call signature.
+        """
+        names = list(output_names) if output_names else self._output_names
+        unknown = [n for n in names if n not in self._output_slots]
+        if unknown:
+            raise InputSpecError(f"unknown output name(s): {', '.join(unknown)}",
+                                 f"the model's outputs: {', '.join(self._output_names)}")
+        arrays = self._check_feeds(feeds)
+        signature = tuple(a.shape for a in arrays)
+        with self._blas_limit():
+            plan = self._plans.get(signature)
+            if plan is None:
+                values = self._compile(signature, arrays)
+            else:
+                values = self._values(plan, arrays)
+                plans.execute(plan, values)
+        return [self._owned(values[self._output_slots[n]]) for n in names]
+
+    @staticmethod
+    def _owned(value):
+        # a view of a weight or an input must not let the caller write into the session
+        value = np.asarray(value)
+        return value if value.base is None and value.flags.writeable else np.array(value)
+
+    def _values(self, plan: plans.Plan, arrays: list[np.ndarray]) -> list:
+        values = [None] * len(self._slot_names)
+        for slot, value in plan.constants.items():
+            values[slot] = value
+        for slot, value in zip(self._input_slots, arrays):
+            values[slot] = value
+        return values
+
+    def _compile(self, signature: tuple, arrays: list[np.ndarray]) -> list:
+        """Make the plan of a new input-shape signature, running the graph once to do so.
+
+        The run records every tensor's shape and the values that depend only on the input
+        shapes; those become constants of the plan, and the steps computing them leave it.
+        Returns the values of that run.
+        """
+        keep = set(self._output_slots.values())
+        frozen = plans.shape_dependent(self._steps, set(self._input_slots), set(self._consts))
+        probe = plans.compile_plan(self._steps, self._consts, keep | frozen)
+        values = self._values(probe, arrays)
+        shapes = plans.execute_recording(probe, values, self._slot_names)
+        constants = dict(self._consts)
+        constants.update({s: values[s] for s in frozen if values[s] is not None})
+        steps = [s for s in self._steps if not all(o in frozen or o == 1 for o in s.outputs)]
+        plan = plans.compile_plan(steps, constants, keep)
+        plan.shapes = shapes
+        self._plans[signature] = plan
+        return values
+
+    def _check_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not isinstance(feeds, dict):
+            raise InputSpecError("feeds must be a dict of input name to array")
+        expected = [s.name for s in self._input_specs]
+        unknown = sorted(set(feeds) - set(expected))
+        missing = [n for n in expected if n not in feeds]
+        if unknown or missing:
+            parts = ([f"unknown input(s) {', '.join(unknown)}"] if unknown else []) + \
+                    ([f"missing input(s) {', '.join(missing)}"] if missing else [])
+            raise InputSpecError("; ".join(parts), f"the model's inputs: {', '.join(expected) or '(none)'}")
+        arrays, symbols = [], defaultdict(set)
+        for spec in self._input_specs:
+            value = np.asarray(feeds[spec.name])
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self._input_types[spec.name]))
+            if value.dtype != dtype:
+                raise InputSpecError(f"input {spec.name}: expected {dtype}, got {value.dtype}",
+                                     f"convert it, e.g. x.astype(np.{dtype})")
+            if spec.dims and len(spec.dims) != value.ndim:
+                raise InputSpecError(f"input {spec.name}: expected rank {len(spec.dims)} "
+                                     f"{spec.shape_text()}, got shape {list(value.shape)}")
+            for want, got in zip(spec.dims, value.shape):
+                if isinstance(want, int) and want >= 0 and want != got:
+                    raise InputSpecError(f"input {spec.name}: expected shape {spec.shape_text()}, "
+                                         f"got {list(value.shape)}")
+                if isinstance(want, str):
+                    symbols[want].add(got)
+            arrays.append(value)
+        clashes = {k: sorted(v) for k, v in symbols.items() if len(v) > 1}
+        if clashes:
+            name, sizes = next(iter(clashes.items()))
+            raise InputSpecError(f"symbolic dim {name} has different sizes across inputs: {sizes}")
+        return arrays

@@ -1,0 +1,130 @@
+"""Integer arithmetic of the runtime: kernel paths against exact references, QLinearAdd rounding."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graphopt.runtime import Session, int8
+
+
+def _qlinear_add_reference(a, sa, za, b, sb, zb, sc, zc):
+    """onnxruntime's AVX2 QLinearAdd, element by element, with a true float32 FMA via float64."""
+    ra, rb = np.float32(sa) / np.float32(sc), np.float32(sb) / np.float32(sc)
+    fixed = np.float32(zc) - (np.float32(ra * np.float32(za)) + np.float32(rb * np.float32(zb)))
+    a, b = np.broadcast_arrays(a, b)
+    partial = (b.astype(np.float64) * rb + fixed).astype(np.float32)
+    value = (a.astype(np.float64) * ra + partial).astype(np.float32)
+    return np.clip(np.rint(value), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [((2, 3, 5), (5,)), ((5,), (2, 3, 5)), ((2, 3, 5), (2, 1, 5)),
+                                              ((4, 7), (4, 7)), ((), (3,))])
+def test_qlinear_add_broadcasts_and_rounds_like_onnxruntime(a_shape, b_shape):
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, a_shape).astype(np.uint8)
+    b = rng.integers(0, 256, b_shape).astype(np.uint8)
+    ours = int8.QLinearAdd(0.021, 97, 0.037, 131, 0.045, 120)(a, b)
+    np.testing.assert_array_equal(ours, _qlinear_add_reference(a, 0.021, 97, b, 0.037, 131, 0.045, 120))
+
+
+def _qlinear_matmul_model(a_dtype, w, w_zp, y_dtype):
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0.02, np.float32), "sa"),
+             numpy_helper.from_array(np.array(3, a_dtype), "za"),
+             numpy_helper.from_array(np.array(0.005, np.float32), "sw"),
+             numpy_helper.from_array(np.array(w_zp, w.dtype), "zw"),
+             numpy_helper.from_array(np.array(0.07, np.float32), "sy"),
+             numpy_helper.from_array(np.array(9, y_dtype), "zy")]
+    node = helper.make_node("QLinearMatMul", ["a", "sa", "za", "w", "sw", "zw", "sy", "zy"], ["y"], name="qmm")
+    a_type = helper.np_dtype_to_tensor_dtype(np.dtype(a_dtype))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", a_type, [5, 19])],
+                              [helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(np.dtype(y_dtype)),
+                                                             [5, 7])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("a_dtype", [np.uint8, np.int8])
+def test_qlinear_matmul_kernel_path_equals_the_exact_fallback(a_dtype):
+    rng = np.random.default_rng(2)
+    w = rng.integers(-128, 128, (19, 7)).astype(np.int8)
+    info = np.iinfo(a_dtype)
+    a = rng.integers(info.min, info.max + 1, (5, 19)).astype(a_dtype)
+    # int8 weights with zero point 0: the compiled kernel; the reference is the exact fallback
+    kernel = Session(_qlinear_matmul_model(a_dtype, w, 0, np.uint8)).run(None, {"a": a})[0]
+    acc = int8.exact_matmul(a, np.array(3), w, None)
+    expected = int8.requantize(acc, int8.multiplier(0.02, 0.005, 0.07), 9, np.dtype(np.uint8))
+    np.testing.assert_array_equal(kernel, expected)
+
+
+def test_matmul_integer_with_int8_activations_uses_the_shift_exactly():
+    rng = np.random.default_rng(3)
+    a = rng.integers(-128, 128, (4, 33)).astype(np.int8)
+    w = rng.integers(-128, 128, (33, 6)).astype(np.int8)
+    node = helper.make_node("MatMulInteger", ["a", "w", "za"], ["y"], name="mmi")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.INT8, [4, 33])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 6])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(-5, np.int8), "za")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    (ours,) = Session(model).run(None, {"a": a})
+    np.testing.assert_array_equal(ours, (a.astype(np.int32) + 5) @ w.astype(np.int32))
+
+
+def _qdq_binary_model(op_type: str, b_shape):
+    def const(name, value, dtype):
+        return numpy_helper.from_array(np.array(value, dtype), name)
+    inits = [const("sa", 0.021, np.float32), const("za", 97, np.uint8), const("sb", 0.037, np.float32),
+             const("zb", 131, np.uint8), const("sc", 0.045, np.float32), const("zc", 120, np.uint8)]
+    nodes = [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["af"], name="dqa"),
+             helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bf"], name="dqb"),
+             helper.make_node(op_type, ["af", "bf"], ["cf"], name="op"),
+             helper.make_node("QuantizeLinear", ["cf", "sc", "zc"], ["c"], name="q")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("a", TensorProto.UINT8, [3, 40, 8]),
+                                           helper.make_tensor_value_info("b", TensorProto.UINT8, b_shape)],
+                              [helper.make_tensor_value_info("c", TensorProto.UINT8, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("op_type", ["Add", "Mul"])
+@pytest.mark.parametrize("b_shape", [[3, 40, 8], [8], [3, 1, 8], [1], [3, 40, 1], [3, 1, 1]])
+def test_qdq_add_and_mul_are_lowered_and_bit_exact_against_onnxruntime(op_type, b_shape):
+    import onnxruntime as ort
+    model = _qdq_binary_model(op_type, b_shape)
+    rng = np.random.default_rng(4)
+    feeds = {"a": rng.integers(0, 256, (3, 40, 8)).astype(np.uint8),
+             "b": rng.integers(0, 256, b_shape).astype(np.uint8)}
+    session = Session(model)
+    assert [g.spec.op_type for g in session.lowered] == [f"Int8{op_type}"]
+    theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_array_equal(session.run(None, feeds)[0], theirs[0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_qdq_add_matches_onnxruntime_on_every_input_pair(seed):
+    """All 65,536 (a, b) pairs, once elementwise and once with b one value per row (broadcast)."""
+    import onnxruntime as ort
+    rng = np.random.default_rng(seed)
+    scales, zero_points = rng.uniform(0.001, 0.1, 3), rng.integers(0, 256, 3)
+    a = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
+    for b in (np.arange(256, dtype=np.uint8).reshape(256, 1), a.T.copy()):
+        def const(name, value, dtype):
+            return numpy_helper.from_array(np.array(value, dtype), name)
+        inits = [const("sa", scales[0], np.float32), const("za", zero_points[0], np.uint8),
+                 const("sb", scales[1], np.float32), const("zb", zero_points[1], np.uint8),
+                 const("sc", scales[2], np.float32), const("zc", zero_points[2], np.uint8)]
+        nodes = [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["af"], name="dqa"),
+                 helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["bf"], name="dqb"),
+                 helper.make_node("Add", ["af", "bf"], ["cf"], name="add"),
+                 helper.make_node("QuantizeLinear", ["cf", "sc", "zc"], ["c"], name="q")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("a", TensorProto.UINT8, a.shape),
+                                               helper.make_tensor_value_info("b", TensorProto.UINT8, b.shape)],
+                                  [helper.make_tensor_value_info("c", TensorProto.UINT8, None)], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        feeds = {"a": a, "b": b}
+        theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+        np.testing.assert_array_equal(Session(model).run(None, feeds)[0], theirs[0])
