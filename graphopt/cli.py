@@ -108,6 +108,19 @@ def inspect(model, dims, nodes, top, as_json, no_check):
               help="Largest tensor constant folding may create.")
 @click.option("--fuse/--no-fuse", default=True, show_default=True,
               help="Run the fusion passes after cleanup (BatchNorm/bias/scale folding, Gelu, LayerNorm, ...).")
+@click.option("--prune", "prune_ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), metavar="RATIO",
+              help="Fraction of weights (with --prune-pattern channel: of output channels) to remove; runs "
+                   "before --quantize.")
+@click.option("--prune-scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True,
+              help="The same ratio in every layer, or one magnitude threshold over all layers.")
+@click.option("--prune-normalize", is_flag=True, help="With --prune-scope global: compare |w| divided by each "
+              "layer's RMS.")
+@click.option("--prune-pattern", type=click.Choice(["unstructured", "2:4", "channel"]), default="unstructured",
+              show_default=True, help="Which weights go: any, 2 of every 4 along the reduction, or whole output "
+              "channels (the layers shrink).")
+@click.option("--prune-method", type=click.Choice(["magnitude", "wanda", "obs"]), default="magnitude",
+              show_default=True, help="wanda and obs use --calibration data (obs also updates the kept weights).")
+@click.option("--prune-all-layers", is_flag=True, help="Also prune the first, last and tiny (<1024 weights) layers.")
 @click.option("--quantize", "quantize_mode", type=click.Choice(["int8", "dynamic"]),
               help="int8: static QDQ (U8S8, per-channel weights) calibrated on --calibration; "
                    "dynamic: int8 MatMul/Gemm weights, activations quantized at run time.")
@@ -137,7 +150,8 @@ def inspect(model, dims, nodes, top, as_json, no_check):
 @click.option("--external-data/--no-external-data", default=None,
               help="Store weights in OUTPUT.data (default: only when the model exceeds 2 GiB).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, fuse, quantize_mode, calibration, method,
+def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, fuse, prune_ratio, prune_scope,
+             prune_normalize, prune_pattern, prune_method, prune_all_layers, quantize_mode, calibration, method,
              percentile, per_tensor, activation_type, exclude, keep_fp32, calibration_batch, report_layers, verify,
              rtol, seed, external_data, as_json):
     """Rewrite MODEL with graph passes, verify the result and write it to OUTPUT.
@@ -148,7 +162,8 @@ def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, fuse, qu
     MatMul+Add to Gemm, Gelu, LayerNormalization, HardSigmoid/HardSwish, Transpose and Reshape
     chains collapsed (attention and SiLU are recognised and reported). Nothing is written if
     verification fails; the first pass that broke the model is named and the exit status is 1.
-    With --quantize, the verified fp32 result is then quantized and the error of each output
+    With --prune, weights are then pruned (magnitude, or calibrated wanda/obs; unstructured, 2:4
+    or whole channels). With --quantize, the result is then quantized and the error of each output
     (and with --report-layers each quantized tensor) against fp32 is reported as SQNR and cosine.
 
     Example: graphopt optimize model.onnx -o model.int8.onnx --quantize int8 --calibration calib.npz
@@ -162,8 +177,13 @@ def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, fuse, qu
     if quantize_mode == "int8" and not calibration:
         raise GraphoptError("--quantize int8 needs --calibration DATA",
                             "pass an .npz of sample inputs, or --calibration random to try it out")
-    if calibration and not quantize_mode:
-        raise GraphoptError("--calibration is only used with --quantize", "add --quantize int8")
+    calibrated_prune = prune_ratio is not None and prune_method in ("wanda", "obs")
+    if calibration and not (quantize_mode or calibrated_prune):
+        raise GraphoptError("--calibration is only used with --quantize or --prune-method wanda|obs",
+                            "add --quantize int8")
+    if calibrated_prune and not calibration:
+        raise GraphoptError(f"--prune-method {prune_method} needs --calibration DATA",
+                            "pass an .npz of sample inputs, or use --prune-method magnitude")
     target = model if in_place else output
     loaded = graphopt.load_model(model)
     dims = parse_dims(dims)
@@ -171,22 +191,38 @@ def optimize(model, output, in_place, opset, dims, skip, fold_limit_mb, fuse, qu
     result = optimize_model(loaded, opset=opset, dims=dims, skip=skip,
                             fold_limit_bytes=int(fold_limit_mb * (1 << 20)), verify=verify, rtol=rtol, seed=seed,
                             fuse=fuse)
-    quantized = None
+    pruned = quantized = None
+    fp32 = result.model
+    if result.ok and prune_ratio is not None:
+        from graphopt.prune import DEFAULT_EXCLUDE, prune
+
+        pruned = prune(fp32, prune_ratio, scope=prune_scope, pattern=prune_pattern, method=prune_method,
+                       calibration=calibration, normalize=prune_normalize, dims=dims, batch_size=calibration_batch,
+                       exclude=(() if prune_all_layers else DEFAULT_EXCLUDE) + tuple(exclude), cleanup=False)
+        fp32 = pruned.model
     if result.ok and quantize_mode:
         quantized = run_quantization(
-            result.model, quantize_mode, calibration, err if not as_json else None, method=method,
+            fp32, quantize_mode, calibration, err if not as_json else None, method=method,
             percentile=percentile, per_channel=not per_tensor, activation_type=activation_type, exclude=exclude,
             keep_fp32=[k for k in keep_fp32.split(",") if k], batch_size=calibration_batch, dims=dims, seed=seed)
-    final = quantized.result.model if quantized else result.model
+    final = quantized.result.model if quantized else fp32
     if result.ok:
         graphopt.save_model(final, target, external_data=external_data, protect=() if in_place else (model,))
     if as_json:
         report = result_json(model, target if result.ok else None, result)
+        if pruned:
+            from graphopt.prune import prune_result_json
+
+            report["pruning"] = prune_result_json(pruned)
         if quantized:
             report["quantization"] = quantize_result_json(quantized)
         click.echo(json.dumps(report, indent=2))
     else:
         render_result(result, out)
+        if pruned:
+            from graphopt.prune import render_pruning
+
+            render_pruning(pruned, out)
         if quantized:
             render_quantization(quantized, out, all_layers=report_layers)
         if result.ok:
@@ -413,6 +449,38 @@ def run(model, inputs, output, backend, threads, as_json):
               f"in {summary['seconds'] * 1e3:.2f} ms; wrote {output}", markup=False)
     for name, spec in summary["outputs"].items():
         out.print(f"  output {name}: {spec['dtype']} {spec['shape']}", markup=False)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help=".npz with one array per model input (and the labels).")
+@click.option("--labels", required=True, help="Name of the labels array in --data, or a .npy of class indices.")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="Accuracy budget in points for the recommended per-layer ratios.")
+@click.option("--levels", default="0.3,0.5,0.7,0.9", show_default=True, help="Sparsity levels to try per layer.")
+@click.option("--method", type=click.Choice(["magnitude", "wanda", "obs"]), default="magnitude", show_default=True)
+@click.option("--calibration", metavar="DATA", help="Calibration inputs for --method wanda|obs.")
+@click.option("--plot", type=click.Path(path_type=Path), help="Also write a PNG plot (needs matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def sensitivity(model, data, labels, max_drop, levels, method, calibration, plot, as_json):
+    """Accuracy of MODEL with each prunable layer pruned alone at several sparsity levels, and the
+    per-layer ratios recommended under an accuracy budget.
+
+    Example: graphopt sensitivity models/digits_cnn.onnx --data models/digits_test.npz --labels label
+    """
+    from graphopt.sensitivity import render_sensitivity, run_sensitivity
+
+    try:
+        level_values = [float(x) for x in levels.split(",") if x.strip()]
+    except ValueError:
+        raise GraphoptError(f"--levels '{levels}': expected comma-separated fractions", "e.g. --levels 0.5,0.7")
+    result = run_sensitivity(model, data, labels, levels=level_values, max_drop=max_drop, method=method,
+                             calibration=calibration, plot=plot)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        render_sensitivity(result, out)
 
 
 def result_json(model: Path, written: Path | None, result) -> dict:

@@ -118,3 +118,26 @@ def test_optimize_quantize_human_output_and_bad_calibration(tmp_path, cli):
                "--calibration", bad)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_optimize_prune_then_quantize_keeps_digits_accuracy(tmp_path, cli):
+    target = tmp_path / "digits.pruned.int8.onnx"
+    proc = cli("optimize", MODELS / "digits_cnn.onnx", "-o", target, "--prune", "0.5", "--prune-method", "obs",
+               "--calibration", MODELS / "digits_calib.npz", "--quantize", "int8", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["pruning"]["method"] == "obs" and abs(report["pruning"]["sparsity"] - 0.5) < 0.01
+    assert digits_accuracy(MODELS / "digits_cnn.onnx") - digits_accuracy(target) <= 0.01
+    proc = cli("optimize", MODELS / "digits_cnn.onnx", "-o", tmp_path / "x.onnx", "--prune", "0.5",
+               "--prune-method", "wanda")
+    assert proc.returncode == 2 and "--prune-method wanda needs --calibration" in proc.stderr
+
+
+def test_sensitivity_command_recommends_ratios(cli):
+    proc = cli("sensitivity", MODELS / "digits_cnn.onnx", "--data", MODELS / "digits_test.npz", "--labels", "label",
+               "--levels", "0.5,0.9", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["recommended"] and all(0 <= r < 1 for r in result["recommended"].values())
+    proc = cli("sensitivity", MODELS / "digits_cnn.onnx", "--data", MODELS / "digits_test.npz", "--labels", "nope")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
