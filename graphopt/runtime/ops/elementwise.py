@@ -54,6 +54,26 @@ def build_binary(node: NodeSpec):
     return _BINARY[node.op_type]
 
 
+_VARIADIC = {"Sum": np.add, "Max": np.maximum, "Min": np.minimum, "Mean": np.add}
+
+
+@register(*_VARIADIC)
+def build_variadic(node: NodeSpec):
+    """Sum / Max / Min / Mean of any number of inputs, with broadcasting."""
+    refuse(node.opset < 8, f"{node.op_type} before opset 8 (no broadcasting)")
+    combine = _VARIADIC[node.op_type]
+
+    def variadic(*xs):
+        y = xs[0]
+        for x in xs[1:]:
+            y = combine(y, x)
+        if node.op_type == "Mean":
+            y = (y / y.dtype.type(len(xs))).astype(y.dtype, copy=False)
+        return y
+
+    return variadic
+
+
 def _sigmoid(x):
     # in place on one temporary; exp(-x) overflowing to inf gives the right limit, 0
     with np.errstate(over="ignore"):

@@ -350,3 +350,34 @@ def build_average_pool(node: NodeSpec):
         counts = counts.reshape(counts.shape[:2 + len(out)] + (-1,)).sum(axis=-1)
         return (sums / counts).astype(x.dtype, copy=False)
     return average_pool
+
+
+@register("Dropout", multi_output=True)
+def build_dropout(node: NodeSpec):
+    """Inference only: the output is the input and the mask, when asked for, all true."""
+    refuse(node.opset < 7 and not node.attr("is_test", 0), "Dropout before opset 7 without is_test=1")
+    training = node.const(2) if node.has_input(2) else np.array(False)
+    refuse(training is None or bool(np.asarray(training)), "Dropout in training mode (random masks)")
+    want_mask = node.num_outputs() > 1
+
+    def dropout(x, *_):
+        return (x, np.ones(x.shape, dtype=bool)) if want_mask else (x,)
+
+    return dropout
+
+
+@register("LRN")
+def build_lrn(node: NodeSpec):
+    """y = x / (bias + alpha/size · Σ x²  over a window of ``size`` channels) ** beta."""
+    size = int(node.attr("size"))
+    alpha, beta, bias = node.attr("alpha", 1e-4), node.attr("beta", 0.75), node.attr("bias", 1.0)
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+
+    def lrn(x):
+        squares = np.square(x, dtype=np.float64)
+        padded = np.pad(squares, [(0, 0), (before, after)] + [(0, 0)] * (x.ndim - 2))
+        window = np.cumsum(padded, axis=1)
+        window = np.concatenate([window[:, size - 1:size], window[:, size:] - window[:, :-size]], axis=1)
+        return (x / (bias + alpha / size * window) ** beta).astype(x.dtype)
+
+    return lrn
