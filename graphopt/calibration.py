@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from graphopt.errors import GraphoptError, InputSpecError
-from graphopt.feeds import InputSpec, input_specs, make_feeds
+from graphopt.feeds import InputSpec, input_specs, make_feeds, read_npz
 from graphopt.oracle import ort_session
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -121,14 +121,7 @@ def _random_data(model, specs, dims, seed, batches) -> CalibrationData:
 
 
 def _npz_data(path: Path, specs, batch_size) -> CalibrationData:
-    if not path.is_file():
-        raise InputSpecError(f"{path}: no such calibration file", "give an .npz with one array per model input")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise InputSpecError(f"{path}: not a readable .npz file ({exc})", "write it with numpy.savez") from exc
-    return _array_data(arrays, specs, batch_size, str(path))
+    return _array_data(read_npz(path, "calibration file"), specs, batch_size, str(path))
 
 
 def _array_data(arrays: dict, specs: list[InputSpec], batch_size: int, source: str) -> CalibrationData:

@@ -72,7 +72,7 @@ import onnx
 import graphopt
 from graphopt.calibration import calibration_data
 from graphopt.errors import GraphoptError, InputSpecError
-from graphopt.feeds import input_specs, make_feeds
+from graphopt.feeds import input_specs, make_feeds, read_npz
 from graphopt.model_io import load_model
 from graphopt.verify import compare_output
 
@@ -166,11 +166,11 @@ def load_dataset(path: str | os.PathLike, model: onnx.ModelProto, labels: str | 
     against ``model``, and the labels: ``labels`` is another .npz (one array) or a key of the
     data file; without it a key ``label``/``labels`` that is not a model input is used."""
     path = Path(path)
-    arrays = _read_npz(path, "--data")
+    arrays = read_npz(path, "--data")
     input_names = {s.name for s in input_specs(model)}
     label_values, label_source = None, None
     if labels is not None and Path(labels).suffix == ".npz":
-        stored = _read_npz(Path(labels), "--labels")
+        stored = read_npz(Path(labels), "--labels")
         if len(stored) != 1:
             raise InputSpecError(f"--labels {labels}: expected one array, found {', '.join(stored) or 'none'}",
                                  "save the labels alone: numpy.savez(path, labels=y)")
@@ -196,16 +196,6 @@ def load_dataset(path: str | os.PathLike, model: onnx.ModelProto, labels: str | 
                                  f"got {len(label_values)} of {label_values.dtype}", "one class id per sample")
         dataset.labels = label_values[:dataset.samples]
     return dataset
-
-
-def _read_npz(path: Path, option: str) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise InputSpecError(f"{option} {path}: no such file", "give an .npz written with numpy.savez")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise InputSpecError(f"{option} {path}: not a readable .npz file ({exc})", "write it with numpy.savez") from exc
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ batch-like dim is 1 and any other symbolic dim is ``DEFAULT_SYMBOLIC_DIM``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -104,3 +106,16 @@ def check_dims(model: onnx.ModelProto, dims: dict[str, int]) -> None:
         if name not in symbolic:
             hint = f"its symbolic dims: {', '.join(symbolic)}" if symbolic else "all its input dims are fixed"
             raise InputSpecError(f"--dim {name}: the model has no symbolic input dim of that name", hint)
+
+
+def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file; ``what`` names it in errors (e.g. "--data", "calibration file")."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputSpecError(f"{what} {path}: no such file", "give an .npz written with numpy.savez(path, name=array)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise InputSpecError(f"{what} {path}: not a readable .npz file ({exc})",
+                             "write it with numpy.savez(path, name=array)") from exc

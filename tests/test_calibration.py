@@ -106,7 +106,7 @@ def test_random_only_by_name_and_with_a_warning(digits):
     (ListReader([]), "is empty"),
     (ListReader([{"image": images(2, np.float16)}]), "item 0: 'image' is float16"),
     (ListReader([[1, 2]]), "expected a dict"),
-    ("missing.npz", "no such calibration file"),
+    ("missing.npz", "calibration file missing.npz: no such file"),
     ("notafile", "not a file, 'module:function' or 'random'"),
 ])
 def test_bad_data_fails_before_any_work(digits, monkeypatch, source, message):
