@@ -35,7 +35,8 @@ ISA_NAMES = {"generic": QG_ISA_GENERIC, "avx2": QG_ISA_AVX2, "vnni": QG_ISA_VNNI
 _PREFERENCE = ("amx", "vnni", "avx2", "generic")
 # Waking a sleeping OpenMP thread costs ~10-100 us on a shared machine: a product smaller than
 # this many multiply-adds per thread (~25 us of one core's VNNI work) is not worth splitting.
-_MIN_MACS_PER_THREAD = 4_000_000
+cdef enum:
+    MIN_MACS_PER_THREAD = 4_000_000
 
 
 class UnsupportedISAError(RuntimeError):
@@ -90,7 +91,7 @@ def qgemm(a, int a_zero_point, weights, *, bias=None, scale=None, output="int32"
     the same weights and epilogue costs less per call as a :class:`PreparedGemm`.
     """
     cdef qg_args p
-    a_arr = np.asarray(a)
+    cdef cnp.ndarray a_arr = np.asarray(a)
     _check_a(a_arr, weights.k)
     _check_common(a_zero_point, threads)
     keep = _prepare_params(&p, weights.n, bias, scale, output, out_scale, out_zero_point, relu,
@@ -125,17 +126,17 @@ cdef class PreparedGemm:
     def __call__(self, a, out=None):
         """``a_uint8[M, K]`` through the prepared product; returns ``out`` (new if None)."""
         cdef qg_args p = self.p
-        a_arr = np.asarray(a)
+        cdef cnp.ndarray a_arr = a if cnp.PyArray_CheckExact(a) else np.asarray(a)
         _check_a(a_arr, self.k)
         out = _prepare_out(&p, a_arr.shape[0], self.n, out)
         _run(&p, a_arr, self.threads)
         return out
 
 
-cdef int _check_a(object a_arr, int64_t k) except -1:
-    if a_arr.ndim != 2 or a_arr.dtype != np.uint8:
-        raise ValueError(f"a must be a 2-D uint8 array [M, K], got {a_arr.dtype} {a_arr.shape}")
-    if a_arr.shape[1] != k:
+cdef int _check_a(cnp.ndarray a_arr, int64_t k) except -1:
+    if cnp.PyArray_NDIM(a_arr) != 2 or cnp.PyArray_TYPE(a_arr) != cnp.NPY_UINT8:
+        raise ValueError(f"a must be a 2-D uint8 array [M, K], got {a_arr.dtype} {(<object>a_arr).shape}")
+    if cnp.PyArray_DIM(a_arr, 1) != k:
         raise ValueError(f"a has K={a_arr.shape[1]} but the weights have K={k}")
     return 0
 
@@ -158,19 +159,20 @@ cdef int _set_weights(qg_args *p, object weights, int a_zero_point, int isa_code
     return 0
 
 
-cdef int _run(qg_args *p, object a_arr, int threads) except -1:
+cdef int _run(qg_args *p, cnp.ndarray a_arr, int threads) except -1:
     """The product of ``a_arr`` (checked) into ``p.out``: pack A if needed, run the tiles."""
-    cdef int64_t m = a_arr.shape[0], n = p.n, k = a_arr.shape[1]
+    cdef int64_t m = cnp.PyArray_DIM(a_arr, 0), n = p.n, k = cnp.PyArray_DIM(a_arr, 1)
     if m == 0 or n == 0:
         return 0
     p.m = m
     qg_shape(p.isa, m, &p.mr, &p.npanels)
     cdef int mr = p.mr
     cdef int64_t slabs = (m + mr - 1) // mr
-    threads = max(1, min(threads, m * n * k // _MIN_MACS_PER_THREAD))
+    threads = max(1, min(threads, m * n * k // MIN_MACS_PER_THREAD))
     p.nc = _tile_columns(m, n, threads)
     cdef const uint8_t *a_ptr = <const uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>a_arr)
-    cdef int64_t rs = _elements(a_arr.strides[0], 1), cs = _elements(a_arr.strides[1], 1)
+    cdef int64_t rs = _elements(cnp.PyArray_STRIDE(a_arr, 0), 1)
+    cdef int64_t cs = _elements(cnp.PyArray_STRIDE(a_arr, 1), 1)
     p.a, p.a_rs, p.apack = a_ptr, rs, NULL
     cdef uint8_t *ap
     cdef int64_t s, t, tiles = qg_tile_count(p)

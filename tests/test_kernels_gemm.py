@@ -238,3 +238,30 @@ def test_property_small_m_prepared(m, k, n, zp, isa, threads, output, seed):
     prepared = kernels.PreparedGemm(kernels.pack_weights(w), zp, threads=threads, isa_name=isa,
                                     **epilogue)
     np.testing.assert_array_equal(prepared(a), qgemm_reference(a, zp, w, **epilogue))
+
+
+@pytest.mark.parametrize("isa", ALL_ISAS)
+@pytest.mark.parametrize("m,k,n", [(8, 768, 768), (8, 770, 771), (5, 64, 49), (1, 12, 130)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_prepared_gemm_reads_arrays_through_the_c_api(isa, m, k, n, threads):
+    """PreparedGemm checks a and out with numpy's C API: array subclasses, strided, Fortran-order
+    and read-only inputs still take the right path, and every wrong out is still refused."""
+    rng = np.random.default_rng(m * k + n)
+    a, w = random_case(rng, m, k, n)
+    prepared = kernels.PreparedGemm(kernels.pack_weights(w), 131, threads=threads, isa_name=isa)
+    ref = qgemm_reference(a, 131, w)
+    read_only = a.copy()
+    read_only.flags.writeable = False
+    wide = np.zeros((m, 2 * k), np.uint8)
+    wide[:, ::2] = a
+    for view in (a, a.view(np.matrix), read_only, wide[:, ::2], np.asfortranarray(a)):
+        np.testing.assert_array_equal(prepared(view), ref)
+    locked = np.empty((m, n), np.int32)
+    locked.flags.writeable = False
+    for out in (np.empty((m, n + 1), np.int32), np.empty((m, n), np.int64), np.empty(m * n, np.int32),
+                locked, [[0] * n] * m):
+        with pytest.raises(ValueError, match="out must be"):
+            prepared(a, out)
+    for bad in (a[0], a.astype(np.int64), a.tolist()):
+        with pytest.raises(ValueError, match="2-D uint8"):
+            prepared(bad)
