@@ -9,20 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from graphopt.errors import InputSpecError, OutputPathError
+from graphopt.feeds import read_npz
 from graphopt.model_io import load_model
 
 BACKENDS = ("graphopt", "onnxruntime")
-
-
-def read_feeds(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise InputSpecError(f"{path}: no such file", "pass an .npz file with one array per model input")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except (ValueError, OSError) as exc:
-        raise InputSpecError(f"{path}: not a readable .npz file ({exc})",
-                             "write it with numpy.savez(path, input_name=array, ...)") from exc
 
 
 def write_outputs(outputs: dict[str, np.ndarray], path: Path, model_path: Path, feeds_path: Path) -> None:
@@ -50,7 +40,7 @@ def run_command(model: Path, inputs: Path, output: Path, backend: str = "graphop
     if backend not in BACKENDS:
         raise InputSpecError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     onnx_model = load_model(model)
-    feeds = read_feeds(inputs)
+    feeds = read_npz(inputs, "--input")
     if backend == "graphopt":
         from graphopt.runtime import Session
         session = Session(onnx_model, threads=threads)

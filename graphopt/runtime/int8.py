@@ -11,6 +11,8 @@ Requantization, everywhere, is onnxruntime's: ``multiplier = float32(s_x * s_w) 
 """
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -35,16 +37,29 @@ def kernel_weights_ok(w: np.ndarray | None, w_zero_point) -> bool:
             and (w_zero_point is None or not np.any(np.asarray(w_zero_point))))
 
 
+# float32 holds every integer up to 2**24 exactly; a sum of K products of two 8-bit differences
+# (each at most 255 * 255 in magnitude) stays below it, in any order of addition, while K <= 258.
+_FLOAT32_EXACT_K = 2 ** 24 // (255 * 255)
+
+
 def exact_matmul(a, a_zero_point, b, b_zero_point) -> np.ndarray:
     """int32 ``(a - za) @ (b - zb)``; ``za`` may be per row of a 2-D ``a``, ``zb`` per column."""
-    a64 = a.astype(np.float64)
+    return exact_matmul_float(a, a_zero_point, b, b_zero_point).astype(np.int32)
+
+
+def exact_matmul_float(a, a_zero_point, b, b_zero_point) -> np.ndarray:
+    """:func:`exact_matmul`'s integer sums as floats: float32 (half the memory and twice BLAS's
+    speed of float64) when K is small enough for them to be exact, float64 otherwise."""
+    eight_bit = a.dtype.itemsize == 1 and np.asarray(b).dtype.itemsize == 1
+    dtype = np.float32 if eight_bit and a.shape[-1] <= _FLOAT32_EXACT_K else np.float64
+    a_float = a.astype(dtype)
     if a_zero_point is not None:
-        za = np.asarray(a_zero_point, np.float64)
-        a64 -= za.reshape(-1, 1) if za.ndim == 1 and za.size > 1 else za
-    b64 = b.astype(np.float64)
+        za = np.asarray(a_zero_point, dtype)
+        a_float -= za.reshape(-1, 1) if za.ndim == 1 and za.size > 1 else za
+    b_float = b.astype(dtype)
     if b_zero_point is not None:
-        b64 -= np.asarray(b_zero_point, np.float64)
-    return np.matmul(a64, b64).astype(np.int32)
+        b_float -= np.asarray(b_zero_point, dtype)
+    return np.matmul(a_float, b_float)
 
 
 def exact_conv(x, x_zero_point, w, w_zero_point, window: Window, group: int) -> np.ndarray:
@@ -58,14 +73,77 @@ def exact_conv(x, x_zero_point, w, w_zero_point, window: Window, group: int) -> 
     return conv_forward(x64, w64, None, window, group).astype(np.int32)
 
 
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _activation_products(a, a_zero_point, b, b_zero_point, acc):
+    """``acc[t] = (a[t] - za) @ (b[t] - zb)`` in int32 for 8-bit ``a[T, M, K]``, ``b[T, K, N]``:
+    ``b[t] - zb`` made once per t, then row by row, the inner loop running along a row of it
+    (unit stride, vectorized)."""
+    rows, depth, columns = a.shape[1], a.shape[2], b.shape[2]
+    centered = np.empty((depth, columns), np.int32)
+    for t in range(a.shape[0]):
+        for k in range(depth):
+            for j in range(columns):
+                centered[k, j] = np.int32(b[t, k, j]) - b_zero_point
+        for i in range(rows):
+            for j in range(columns):
+                acc[t, i, j] = 0
+            for k in range(depth):
+                factor = np.int32(a[t, i, k]) - a_zero_point
+                for j in range(columns):
+                    acc[t, i, j] += factor * centered[k, j]
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _requantize_uint8(acc, mult, zero_point, low, high, out):
+    # requantize()'s arithmetic: rint(float32(acc) * mult) + zero point, clamped
+    for i in range(acc.shape[0]):
+        value = np.rint(np.float32(acc[i]) * mult) + zero_point
+        out[i] = np.uint8(min(max(value, low), high))
+
+
+class ActivationProduct:
+    """``DQ(a) @ DQ(b)`` (attention's Q·Kᵀ and P·V) in exact integers, then requantized to uint8
+    within ``clamp`` as onnxruntime's QLinearMatMul does, or scaled to float32 when
+    ``quantize`` is None. Operands with equal batch dimensions run in one compiled loop; others
+    (broadcast batches, vectors) take :func:`exact_matmul_float`."""
+
+    def __init__(self, a_zero_point: int, b_zero_point: int, scale: np.float32,
+                 quantize: tuple[np.float32, int] | None, clamp: tuple[int, int]):
+        self.zero_points = (np.int32(a_zero_point), np.int32(b_zero_point))
+        self.scale, self.quantize, self.clamp = np.float32(scale), quantize, clamp
+        self.mult = None if quantize is None else np.float32(self.scale / quantize[0])
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if (a.ndim < 2 or b.ndim < 2 or a.shape[:-2] != b.shape[:-2] or a.dtype != np.uint8
+                or b.dtype != np.uint8):
+            return self._exact(a, b)
+        rows, k, columns = a.shape[-2], a.shape[-1], b.shape[-1]
+        acc = np.empty(a.shape[:-1] + (columns,), np.int32)
+        _activation_products(a.reshape(-1, rows, k), self.zero_points[0], b.reshape(-1, k, columns),
+                             self.zero_points[1], acc.reshape(-1, rows, columns))
+        if self.quantize is None:
+            return acc.astype(np.float32) * self.scale
+        out = np.empty(acc.shape, np.uint8)
+        _requantize_uint8(acc.reshape(-1), self.mult, np.float32(self.quantize[1]), np.float32(self.clamp[0]),
+                          np.float32(self.clamp[1]), out.reshape(-1))
+        return out
+
+    def _exact(self, a, b):
+        acc = exact_matmul_float(a, self.zero_points[0], b, self.zero_points[1])
+        if self.quantize is None:
+            return acc.astype(np.float32, copy=False) * self.scale
+        return requantize(acc, self.mult, self.quantize[1], np.dtype(np.uint8), clamp=self.clamp)
+
+
 def multiplier(x_scale, w_scale, y_scale) -> np.ndarray:
     product = np.asarray(x_scale, np.float32) * np.asarray(w_scale, np.float32)
     return (product / np.float32(np.asarray(y_scale).reshape(-1)[0])).astype(np.float32)
 
 
 def requantize(acc: np.ndarray, mult: np.ndarray, zero_point: int, dtype: np.dtype,
-               channel_axis: int | None = None) -> np.ndarray:
-    """int32 accumulators to ``dtype`` with a per-tensor or per-channel float32 multiplier."""
+               channel_axis: int | None = None, clamp: tuple[int, int] | None = None) -> np.ndarray:
+    """Integer accumulators (int32, or integral floats) to ``dtype`` with a per-tensor or
+    per-channel float32 multiplier; ``clamp``: tighter quantized bounds (a fused ReLU / Clip)."""
     mult = np.asarray(mult, np.float32).reshape(-1)
     if mult.size > 1:
         shape = [1] * acc.ndim
@@ -74,8 +152,12 @@ def requantize(acc: np.ndarray, mult: np.ndarray, zero_point: int, dtype: np.dty
     else:
         mult = mult[0]
     info = np.iinfo(dtype)
-    value = np.rint(acc.astype(np.float32) * mult)
-    return np.clip(value + zero_point, info.min, info.max).astype(dtype)
+    low, high = (info.min, info.max) if clamp is None else (max(info.min, clamp[0]), min(info.max, clamp[1]))
+    value = acc.astype(np.float32)
+    value *= mult
+    np.rint(value, out=value)
+    value += np.float32(zero_point)
+    return np.clip(value, low, high, out=value).astype(dtype)
 
 
 def bound(value: float, quantize: tuple[np.float32, int]) -> int:
@@ -115,20 +197,37 @@ def _qlinear_add(a, ratio_a, b, ratio_b, fixed, out):
         _qlinear_add_run(a[r % a_rows], ratio_a, b[r % b_rows], ratio_b, fixed, out[r])
 
 
-def _as_rows(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]):
-    """``a``, ``b`` and the output as [rows, n] arrays, where ``a`` or ``b`` may have one row that
-    the kernels repeat (a bias along the last axis). Anything else is one long row, run without
-    the row loop: a plain elementwise pair, or one broadcast to the output's shape first (a
-    scalar, a per-channel vector: a uint8 copy is cheaper than many short rows)."""
-    n = shape[-1] if shape else 1
-    bias_like = [x.shape != shape and x.size == n and x.shape[-1:] == shape[-1:] and n >= 64 for x in (a, b)]
-    if any(bias_like):
-        return (np.ascontiguousarray(a).reshape(-1, n), np.ascontiguousarray(b).reshape(-1, n), (-1, n))
+class _BinaryLayouts:
+    """Per pair of input shapes (decided once; a plan meets the same shapes every run): the output
+    shape and the layout that :func:`_as_rows` gives the operands."""
+
+    def __init__(self):
+        self._known: dict[tuple, tuple] = {}
+
+    def __call__(self, a: np.ndarray, b: np.ndarray):
+        key = (a.shape, b.shape)
+        layout = self._known.get(key)
+        if layout is None:
+            shape = np.broadcast_shapes(a.shape, b.shape)
+            n = shape[-1] if shape else 1
+            bias_like = any(x.shape != shape and x.size == n and x.shape[-1:] == shape[-1:] and n >= 64
+                            for x in (a, b))
+            layout = self._known[key] = (shape, (-1, n) if bias_like else (1, -1))
+        return layout
+
+
+def _as_rows(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...], layout: tuple[int, int]):
+    """``a`` and ``b`` as [rows, n] arrays for ``layout``: (-1, n), where ``a`` or ``b`` may have
+    one row that the kernels repeat (a bias along the last axis), or (1, -1), one long row run
+    without the row loop: a plain elementwise pair, or one broadcast to the output's shape first
+    (a scalar, a per-channel vector: a uint8 copy is cheaper than many short rows)."""
+    if layout != (1, -1):
+        return np.ascontiguousarray(a).reshape(layout), np.ascontiguousarray(b).reshape(layout)
 
     def flat(x):
         x = x if x.shape == shape else np.broadcast_to(x, shape)
         return np.ascontiguousarray(x).reshape(1, -1)
-    return flat(a), flat(b), (1, -1)
+    return flat(a), flat(b)
 
 
 class QLinearAdd:
@@ -143,6 +242,7 @@ class QLinearAdd:
         self.constants = (np.float64(ratio_a), np.float64(ratio_b), np.float64(fixed))
         self.constants32 = (ratio_a, ratio_b, fixed)
         self.fma_exact = self._fma_matches()
+        self.layouts = _BinaryLayouts()
 
     def _fma_matches(self) -> bool:
         """Whether the float32 FMA loop gives the exact loop's result for all 65,536 input pairs
@@ -157,9 +257,9 @@ class QLinearAdd:
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ratio_a, ratio_b, fixed = self.constants
-        shape = np.broadcast_shapes(a.shape, b.shape)
+        shape, layout = self.layouts(a, b)
         out = np.empty(shape, np.uint8)
-        a_rows, b_rows, layout = _as_rows(a, b, shape)
+        a_rows, b_rows = _as_rows(a, b, shape, layout)
         if layout == (1, -1) and self.fma_exact:
             ratio_a, ratio_b, fixed = self.constants32
             _qlinear_add_run_fma(a_rows[0], ratio_a, b_rows[0], ratio_b, fixed, out.reshape(-1))
@@ -193,12 +293,13 @@ class QLinearMul:
         ratio = np.float32(np.float32(a_scale) * np.float32(b_scale)) / np.float32(c_scale)
         self.constants = (np.int32(a_zero_point), np.int32(b_zero_point), np.float32(ratio),
                           np.float32(c_zero_point))
+        self.layouts = _BinaryLayouts()
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a_zero_point, b_zero_point, ratio, c_zero_point = self.constants
-        shape = np.broadcast_shapes(a.shape, b.shape)
+        shape, layout = self.layouts(a, b)
         out = np.empty(shape, np.uint8)
-        a_rows, b_rows, layout = _as_rows(a, b, shape)
+        a_rows, b_rows = _as_rows(a, b, shape, layout)
         if layout == (1, -1):
             _qlinear_mul_run(a_rows[0], a_zero_point, b_rows[0], b_zero_point, ratio, c_zero_point,
                              out.reshape(-1))
@@ -220,6 +321,36 @@ def lookup(x: np.ndarray, table: np.ndarray) -> np.ndarray:
     return out
 
 
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _quantize_uint8(x, scale, zero_point, out):
+    # kernels.glue.quantize_linear's arithmetic, per tensor, on one flat run
+    lo, hi = np.float32(0 - zero_point), np.float32(255 - zero_point)
+    for i in range(x.shape[0]):
+        v = min(max(np.rint(x[i] / scale), lo), hi)
+        out[i] = np.int32(v) + zero_point
+
+
+def quantize_uint8(x: np.ndarray, scale: np.float32, zero_point: np.int32) -> np.ndarray:
+    """float32 ``x`` to uint8 with one scale and zero point, as QuantizeLinear rounds."""
+    out = np.empty(x.shape, np.uint8)
+    _quantize_uint8(np.ascontiguousarray(x).reshape(-1), scale, zero_point, out.reshape(-1))
+    return out
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _dequantize(q, scale, zero_point, out):
+    # kernels.glue.dequantize_linear's arithmetic, per tensor, on one flat run (vectorized)
+    for i in range(q.shape[0]):
+        out[i] = np.float32(np.int32(q[i]) - zero_point) * scale
+
+
+def dequantize(q: np.ndarray, scale: np.float32, zero_point: np.int32) -> np.ndarray:
+    """uint8 or int8 ``q`` to float32 with one scale and zero point, as DequantizeLinear does."""
+    out = np.empty(q.shape, np.float32)
+    _dequantize(np.ascontiguousarray(q).reshape(-1), scale, zero_point, out.reshape(-1))
+    return out
+
+
 class GemmWeights:
     """Constant int8 ``w[K, N]`` packed once for the qgemm kernel."""
 
@@ -236,6 +367,25 @@ def qgemm_nd(a: np.ndarray, a_zero_point: int, weights: GemmWeights, threads: in
     return out.reshape(a.shape[:-1] + (weights.n,))
 
 
+class PreparedProduct:
+    """``a[..., K]`` (uint8, or int8 shifted by 128) times constant int8 ``w[K, N]`` with a fixed
+    epilogue: one :class:`graphopt.kernels.PreparedGemm`, its arguments validated once when the
+    session is made, so that a call only checks ``a``."""
+
+    def __init__(self, w: np.ndarray, a_zero_point: int, a_dtype: np.dtype, threads: int, **epilogue):
+        self.k, self.n = w.shape
+        self.shift = np.dtype(a_dtype) == np.int8
+        packed = kernels.pack_weights(np.ascontiguousarray(w))
+        self.gemm = kernels.PreparedGemm(packed, a_zero_point + 128 * self.shift, threads=threads, **epilogue)
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        if self.shift:
+            a = a.view(np.uint8) ^ np.uint8(0x80)
+        if a.ndim == 2:
+            return self.gemm(a)
+        return self.gemm(a.reshape(-1, self.k)).reshape(a.shape[:-1] + (self.n,))
+
+
 class ConvWeights:
     """Constant int8 ``w[OC, C/group, KH, KW]`` packed once for the qconv2d kernel."""
 
@@ -244,10 +394,20 @@ class ConvWeights:
         self.kernel = list(w.shape[2:])
 
 
+# Waking a sleeping OpenMP thread (passive wait, see graphopt.kernels) costs tens to hundreds of
+# microseconds on a shared machine; below this many multiply-adds per thread (~10 us of VNNI work)
+# a convolution runs sooner on one thread (mobilenetv3's int8 convolutions at 2 threads took
+# 178 us each instead of 41 us at 1).
+_MIN_CONV_MACS_PER_THREAD = 8_000_000
+
+
 def qconv2d(x: np.ndarray, x_zero_point: int, weights: ConvWeights, window: Window, threads: int,
             **epilogue) -> np.ndarray:
     x, x_zero_point = to_uint8(x, x_zero_point)
-    kernel, strides, dilations, begin, end, _, _ = window.resolve(x.shape[2:], weights.kernel)
-    return kernels.qconv2d(np.ascontiguousarray(x), x_zero_point, weights.packed, stride=tuple(strides),
+    kernel, strides, dilations, begin, end, _, out = window.resolve(x.shape[2:], weights.kernel)
+    packed = weights.packed
+    macs = x.shape[0] * packed.out_channels * math.prod(out) * packed.group_channels * math.prod(kernel)
+    threads = max(1, min(threads, macs // _MIN_CONV_MACS_PER_THREAD))
+    return kernels.qconv2d(np.ascontiguousarray(x), x_zero_point, packed, stride=tuple(strides),
                            padding=(begin[0], begin[1], end[0], end[1]), dilation=tuple(dilations),
                            threads=threads, **epilogue)

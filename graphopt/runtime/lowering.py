@@ -19,7 +19,8 @@ Rules:
 5. A MatMul of two dequantized activations (attention) becomes exact integer sums requantized
    like onnxruntime's QLinearMatMul.
 6. ``DQ(a) + DQ(b) → Q`` and ``DQ(a) * DQ(b) → Q``, all uint8 per tensor (a or b may be
-   constant), use onnxruntime's QLinearAdd / QLinearMul arithmetic.
+   constant), use onnxruntime's QLinearAdd / QLinearMul arithmetic. When one operand is a constant
+   scalar, that arithmetic, run once on the other's 256 levels, becomes a lookup table.
 7. ``DQ → op → Q`` with the same scale and zero point on both sides, for an op that only moves
    or selects values (MaxPool, Reshape, Transpose, ...; UINT8_TRANSPARENT): the op runs on the
    uint8 tensor itself (exact: quantization is monotonic and DQ→Q round-trips).
@@ -155,12 +156,6 @@ def _conv_kernel(x, weights, bias, window, epilogue, threads):
     return int8_conv
 
 
-def _gemm_kernel(x, weights, bias, epilogue, threads):
-    def int8_gemm(xq):
-        return int8.qgemm_nd(xq, x[2], weights, threads, bias=bias, **epilogue)
-    return int8_gemm
-
-
 def _zero_point_type(g: _Graph, tensor: str) -> np.dtype:
     return g.const(g.dequantized(tensor).inputs[2]).dtype
 
@@ -182,9 +177,33 @@ def _lower_binary(g: _Graph, node: NodeSpec) -> LoweredGroup | None:
     tail = [g.sole_consumer(node.outputs[0])]
 
     int8_binary = _BINARY_KERNELS[node.op_type](a[1], a[2], b[1], b[2], quantize[0], quantize[1])
+    scalar = _scalar_operand_table(g, node, a, b, int8_binary)
+    if scalar is not None:
+        return scalar
     spec = NodeSpec(name=node.name, op_type=f"Int8{node.op_type}", inputs=[a[0], b[0]], outputs=[out], attrs={},
                     consts=[g.const(a[0]), g.const(b[0])], opset=node.opset, threads=node.threads)
     return LoweredGroup(spec, int8_binary, [node] + tail)
+
+
+def _scalar_operand_table(g: _Graph, node: NodeSpec, a, b, int8_binary) -> LoweredGroup | None:
+    """With one operand a constant scalar (``x * 1/6``, ``x + 3``), the group is a function of the
+    other's uint8 value: its 256 results, computed once by the same kernel, make a lookup table."""
+    values = [g.const(a[0]), g.const(b[0])]
+    constant = [v is not None and v.size == 1 and v.ndim <= 1 for v in values]
+    if constant[0] == constant[1]:
+        return None
+    levels = np.arange(256, dtype=np.uint8)
+    table = (int8_binary(values[0], levels) if constant[0] else int8_binary(levels, values[1])).reshape(-1)
+    x = b if constant[0] else a
+    out = g.sole_consumer(node.outputs[0])
+
+    def int8_scalar_operand(xq):
+        if not xq.ndim:  # a scalar would take the constant's shape (1,)
+            return int8_binary(values[0], xq) if constant[0] else int8_binary(xq, values[1])
+        return int8.lookup(xq, table)
+    spec = NodeSpec(name=node.name, op_type=f"Int8{node.op_type}", inputs=[x[0]], outputs=[out.outputs[0]],
+                    attrs={}, consts=[g.const(x[0])], opset=node.opset, threads=node.threads)
+    return LoweredGroup(spec, int8_scalar_operand, [node, out])
 
 
 def _lower_between_qdq(g: _Graph, node: NodeSpec) -> LoweredGroup | None:
@@ -254,10 +273,8 @@ def _try_lower(g: _Graph, node: NodeSpec) -> LoweredGroup | None:
             return None
         group = node.attr("group", 1)
         weights = int8.ConvWeights(w_int8, group)
-    else:
-        if w_int8.ndim != 2:
-            return None
-        weights = int8.GemmWeights(w_int8.T if channel_axis == 0 else w_int8)
+    elif w_int8.ndim != 2:
+        return None
     out, quantize, relu, clip, tail = _epilogue_tail(g, node)
     scale = x[1] * w_scale
     if quantize is not None:
@@ -269,7 +286,8 @@ def _try_lower(g: _Graph, node: NodeSpec) -> LoweredGroup | None:
         kernel = _conv_kernel(x, weights, bias, Window(node, node.attr("kernel_shape")), epilogue,
                               node.threads)
     else:
-        kernel = _gemm_kernel(x, weights, bias, epilogue, node.threads)
+        kernel = int8.PreparedProduct(w_int8.T if channel_axis == 0 else w_int8, x[2],
+                                      _zero_point_type(g, node.inputs[0]), node.threads, bias=bias, **epilogue)
     replaced = [node] + tail
     spec = NodeSpec(name=node.name, op_type=f"Int8{node.op_type}", inputs=[x[0]], outputs=[out], attrs={},
                     consts=[None], opset=node.opset, threads=node.threads)
@@ -280,19 +298,12 @@ def _lower_activation_matmul(g: _Graph, node: NodeSpec, a, b) -> LoweredGroup:
     """A MatMul of two dequantized activations (attention's Q·Kᵀ): exact integer sums, requantized
     as onnxruntime's QLinearMatMul does."""
     out, quantize, relu, clip, tail = _epilogue_tail(g, node)
-    scale = np.float32(a[1] * b[1])
+    clamp = (0, 255)
     if quantize is not None:
-        mult = np.float32(scale / quantize[0])
         low, high = max(-np.inf if clip is None else clip[0], 0.0 if relu else -np.inf), \
             np.inf if clip is None else clip[1]
-        low, high = int8.bound(low, quantize), int8.bound(high, quantize)
-
-        def int8_matmul(aq, bq):
-            acc = int8.exact_matmul(aq, a[2], bq, b[2])
-            return np.clip(int8.requantize(acc, mult, quantize[1], np.dtype(np.uint8)), low, high)
-    else:
-        def int8_matmul(aq, bq):
-            return int8.exact_matmul(aq, a[2], bq, b[2]).astype(np.float32) * scale
+        clamp = (int8.bound(low, quantize), int8.bound(high, quantize))
+    int8_matmul = int8.ActivationProduct(a[2], b[2], np.float32(a[1] * b[1]), quantize, clamp)
     spec = NodeSpec(name=node.name, op_type="Int8MatMul", inputs=[a[0], b[0]], outputs=[out], attrs={},
                     consts=[None, None], opset=node.opset, threads=node.threads)
     return LoweredGroup(spec, int8_matmul, [node] + tail)

@@ -107,6 +107,9 @@ class Session:
         specs = self._fold_constants(specs, consts)
         specs, self.lowered = lower_qdq(specs, consts, outputs)
         specs = drop_unused(specs, outputs)
+        # what lowering left of the DequantizeLinear nodes of constants (weights of products it
+        # could not lower) is dequantized here, so that those ops are built with constant weights
+        specs = self._fold_constants(specs, consts, keep_dequantize=False)
         self._build(specs, consts)
         self._plans: dict[tuple, plans.Plan] = {}
         uses_blas = any(step.op_type in _BLAS_OPS for step in self._steps)
@@ -214,18 +217,19 @@ class Session:
         self._output_slots = {n: slots[n] for n in self._output_names}
 
     @staticmethod
-    def _fold_constants(specs: list[NodeSpec], consts: dict[str, np.ndarray]) -> list[NodeSpec]:
+    def _fold_constants(specs: list[NodeSpec], consts: dict[str, np.ndarray],
+                        keep_dequantize: bool = True) -> list[NodeSpec]:
         """Compute, once, the nodes whose inputs are all constant (weights that the file stores
         as float and quantizes with a QuantizeLinear node, shape arithmetic): lowering then sees
-        int8 weights, and the plan never runs these nodes. A DequantizeLinear of a constant is
-        left for the plan (after lowering, unless a kernel absorbed it, it runs once per run)."""
+        int8 weights, and the plan never runs these nodes. ``keep_dequantize``: a DequantizeLinear
+        of a constant stays (before lowering, which reads it as the mark of a quantized tensor)."""
         remaining = []
         for spec in specs:
             spec.consts = [consts.get(i) if i else None for i in spec.inputs]
             op = OPS.get(spec.op_type)
             # DequantizeLinear nodes stay: they mark the quantized tensors that lowering reads
-            if op is None or spec.op_type == "DequantizeLinear" or not all(i == "" or i in consts
-                                                                           for i in spec.inputs):
+            marker = keep_dequantize and spec.op_type == "DequantizeLinear"
+            if op is None or marker or not all(i == "" or i in consts for i in spec.inputs):
                 remaining.append(spec)
                 continue
             try:

@@ -128,3 +128,55 @@ def test_qdq_add_matches_onnxruntime_on_every_input_pair(seed):
         feeds = {"a": a, "b": b}
         theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
         np.testing.assert_array_equal(Session(model).run(None, feeds)[0], theirs[0])
+
+
+@pytest.mark.parametrize("op_type", ["Add", "Mul"])
+@pytest.mark.parametrize("b_shape, constant_first", [([1], False), ([], False), ([1], True)])
+def test_qdq_binary_with_a_constant_scalar_is_a_lookup_table_bit_exact(op_type, b_shape, constant_first):
+    import onnxruntime as ort
+    model = _qdq_binary_model(op_type, b_shape)
+    b = numpy_helper.from_array(np.array(201, np.uint8).reshape(b_shape), "b")
+    model.graph.initializer.append(b)
+    del model.graph.input[1]
+    if constant_first:
+        op = next(n for n in model.graph.node if n.op_type == op_type)
+        op.input[0], op.input[1] = op.input[1], op.input[0]
+    feeds = {"a": np.tile(np.arange(256, dtype=np.uint8), 4)[:960].reshape(3, 40, 8)}
+    session = Session(model)
+    assert [(g.spec.op_type, g.spec.inputs) for g in session.lowered] == [(f"Int8{op_type}", ["a"])]
+    theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_array_equal(session.run(None, feeds)[0], theirs[0])
+
+
+@pytest.mark.parametrize("quantize", [None, (np.float32(0.37), 11)])
+def test_activation_product_equals_the_exact_float_sums(quantize):
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (2, 3, 5, 67)).astype(np.uint8)
+    b = rng.integers(0, 256, (2, 3, 7, 67)).astype(np.uint8).transpose(0, 1, 3, 2)  # a strided Kᵀ
+    product = int8.ActivationProduct(131, 97, np.float32(0.02 * 0.03), quantize, (20, 250))
+    np.testing.assert_array_equal(product(a, b), product._exact(a, b))
+    acc = (a.astype(np.int64) - 131) @ (b.astype(np.int64) - 97)
+    np.testing.assert_array_equal(int8.exact_matmul(a, 131, b, 97), acc)
+
+
+def test_constant_per_tensor_quantize_and_dequantize_use_onnx_arithmetic():
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((2, 3, 50)) * 4).astype(np.float32)
+    x[0, 0, :4] = [0.25, 0.75, -0.25, 1e9]  # halves round to even; saturation
+    scale, zero_points = np.float32(0.5), {np.uint8: 7, np.int8: -3}
+    for dtype, zero_point in zero_points.items():
+        inits = [numpy_helper.from_array(np.array(scale), "s"),
+                 numpy_helper.from_array(np.array(zero_point, dtype), "z")]
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
+                 helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="dq")]
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                                  [helper.make_tensor_value_info("q", elem, x.shape),
+                                   helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        q, y = Session(model).run(None, {"x": x})
+        info = np.iinfo(dtype)
+        expected_q = np.clip(np.rint(x / scale) + zero_point, info.min, info.max).astype(dtype)
+        np.testing.assert_array_equal(q, expected_q)
+        np.testing.assert_array_equal(y, (expected_q.astype(np.int32) - zero_point).astype(np.float32) * scale)

@@ -119,6 +119,8 @@ def build_hard_sigmoid(node: NodeSpec):
 @register("HardSwish")
 def build_hard_swish(node: NodeSpec):
     def hard_swish(x):
+        if x.dtype in (np.float32, np.float64):
+            return numba_fp32.hard_swish(x)
         t = x.dtype.type
         y = x * t(1 / 6)
         y += t(0.5)

@@ -27,6 +27,16 @@ def _axis_shape(scale: np.ndarray, x: np.ndarray, axis: int):
     return scale.reshape(shape)
 
 
+def _constant_per_tensor(node: NodeSpec):
+    """(scale, zero point) as 0-d arrays when both are constant scalars, else None."""
+    if not node.has_input(2):
+        return None
+    scale, zero_point = node.const(1), node.const(2)
+    if scale is None or zero_point is None or scale.size != 1 or zero_point.size != 1:
+        return None
+    return scale.reshape(()), zero_point.reshape(())
+
+
 @register("QuantizeLinear")
 def build_quantize_linear(node: NodeSpec):
     refuse(node.attr("block_size", 0) != 0, "QuantizeLinear block_size (blocked quantization)")
@@ -49,6 +59,16 @@ def build_quantize_linear(node: NodeSpec):
         if zero_point is not None:
             q = q + _axis_shape(np.asarray(zero_point), x, axis).astype(np.float32)
         return np.clip(q, info.min, info.max).astype(dtype)
+
+    per_tensor = _constant_per_tensor(node)
+    if forced is None and per_tensor is not None and per_tensor[1].dtype == np.uint8:
+        scale32, zero_point32 = np.float32(per_tensor[0]), np.int32(per_tensor[1])
+
+        def quantize_per_tensor(x, *_):
+            if x.dtype != np.float32 or not x.ndim:
+                return quantize_linear(x, *per_tensor)
+            return int8.quantize_uint8(x, scale32, zero_point32)
+        return quantize_per_tensor
     return quantize_linear
 
 
@@ -68,6 +88,16 @@ def build_dequantize_linear(node: NodeSpec):
             centered = centered - _axis_shape(np.asarray(zero_point), x, axis).astype(np.int32)
         scale = np.asarray(scale)
         return centered.astype(scale.dtype) * _axis_shape(scale, x, axis)
+
+    per_tensor = _constant_per_tensor(node)
+    if per_tensor is not None and per_tensor[0].dtype == np.float32 and per_tensor[1].dtype in (np.uint8, np.int8):
+        scale32, zero_point32 = np.float32(per_tensor[0]), np.int32(per_tensor[1])
+
+        def dequantize_per_tensor(x, *_):
+            if x.dtype != per_tensor[1].dtype:
+                return dequantize_linear(x, *per_tensor)
+            return int8.dequantize(x, scale32, zero_point32)
+        return dequantize_per_tensor
     return dequantize_linear
 
 

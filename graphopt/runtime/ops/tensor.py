@@ -350,7 +350,10 @@ def build_resize(node: NodeSpec):
             factors = [float(s) for s in np.asarray(scales).reshape(-1)]
             sizes = [int(f * x.shape[a]) for f, a in zip(factors, axes)]
         roi = None if roi is None or roi.size == 0 else np.asarray(roi, np.float64).reshape(-1)
-        work = x if x.dtype.kind == "f" else x.astype(np.float64)
+        # nearest only selects values (exact on integers: a lowered uint8 Resize stays uint8);
+        # interpolation and extrapolation values need floats
+        selects = mode == "nearest" and coordinate_mode != "tf_crop_and_resize"
+        work = x if x.dtype.kind == "f" or selects else x.astype(np.float64)
         for i, axis in enumerate(axes):
             if sizes[i] == work.shape[axis] and factors[i] == 1.0 and coordinate_mode != "tf_crop_and_resize":
                 continue
