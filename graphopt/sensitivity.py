@@ -26,7 +26,7 @@ from rich.table import Table
 from graphopt import model_io
 from graphopt.calibration import DEFAULT_BATCH_SIZE, calibration_data
 from graphopt.errors import InputSpecError
-from graphopt.feeds import input_specs
+from graphopt.feeds import input_specs, read_npz
 from graphopt.oracle import ort_session
 from graphopt.passes import PassContext, PassManager
 from graphopt.passes.cleanup import cleanup_passes
@@ -117,21 +117,26 @@ def _back_off(data: Sensitivity) -> None:
 
 
 def _labelled_data(model: onnx.ModelProto, data, labels) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    if isinstance(data, (str, os.PathLike)):
-        with np.load(data) as loaded:
-            data = {key: loaded[key] for key in loaded.files}
-    arrays = dict(data)
+    arrays = read_npz(data, "--data") if isinstance(data, (str, os.PathLike)) else dict(data)
     if isinstance(labels, str) and labels in arrays:
         truth = arrays[labels]
     elif isinstance(labels, (str, os.PathLike)):
         if not Path(labels).is_file():
             raise InputSpecError(f"labels '{labels}': not an array in the data nor a file",
                                  f"arrays in the data: {', '.join(arrays)}")
-        truth = np.load(labels)
+        try:
+            truth = np.load(labels, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputSpecError(f"labels {labels}: not a readable .npy file ({exc})",
+                                 "save one class index per sample with numpy.save") from exc
     else:
         truth = np.asarray(labels)
     wanted = [spec.name for spec in input_specs(model)]
-    feeds = {name: arrays[name] for name in wanted if name in arrays}
+    missing = [name for name in wanted if name not in arrays]
+    if missing:
+        raise InputSpecError(f"--data has no array for input(s) {', '.join(missing)}",
+                             f"its arrays: {', '.join(arrays)}; the model's inputs: {', '.join(wanted)}")
+    feeds = {name: arrays[name] for name in wanted}
     count = len(next(iter(feeds.values()))) if feeds else 0
     if truth.ndim != 1 or len(truth) != count:
         raise InputSpecError(f"labels have shape {list(truth.shape)}, the data has {count} samples",

@@ -61,3 +61,11 @@ def test_plot_only_when_matplotlib_is_there(tmp_path):
         assert result.plot is None
     else:
         assert result.plot is not None and result.plot.stat().st_size > 0
+
+
+def test_missing_or_mismatched_data_is_a_user_error(tmp_path, cli):
+    proc = cli("sensitivity", DIGITS_ONNX, "--data", tmp_path / "nothere.npz", "--labels", "label")
+    assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
+    np.savez(tmp_path / "bad.npz", pixels=np.zeros((4, 1, 8, 8), np.float32), label=np.zeros(4, np.int64))
+    proc = cli("sensitivity", DIGITS_ONNX, "--data", tmp_path / "bad.npz", "--labels", "label")
+    assert proc.returncode == 2 and "--data has no array for input(s) image" in proc.stderr
