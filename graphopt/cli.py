@@ -386,12 +386,13 @@ def compare(original, optimized, backends, data, labels, batch_size, threads, ru
 
     Example: graphopt compare m.onnx m.int8.onnx --data test.npz --per-layer --min-cosine 0.999 --report r.html
     """
-    from graphopt.compare import Tolerance, compare as run_compare, load_dataset, parse_backends, parse_counts, \
-        variants_from_paths
+    from graphopt.compare import (Tolerance, check_same_inputs, compare as run_compare, load_dataset,
+                                  parse_backends, parse_counts, variants_from_paths)
 
     backends = parse_backends(backends)
     threads = parse_counts(threads, "--threads")
     variants = variants_from_paths([original, *optimized])
+    check_same_inputs(variants)
     dataset = load_dataset(data, variants[0].model, labels, batch_size=batch_size)
     with _RunProgress() as progress:
         result = run_compare(variants, dataset, backends=backends, threads=threads, runs=runs, warmup=warmup,

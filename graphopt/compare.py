@@ -120,6 +120,20 @@ def variants_from_paths(paths: Sequence[str | os.PathLike]) -> list[Variant]:
     return [Variant(name, path) for name, path in zip(names, paths)]
 
 
+def check_same_inputs(variants: Sequence[Variant]) -> None:
+    """Every variant must take the inputs of the first (same names, dtypes and fixed dims), or the
+    comparison would feed one model's data to another model."""
+    def signature(variant: Variant) -> list[str]:
+        return [f"{s.name}: {s.dtype} {s.shape_text()}" for s in input_specs(variant.model)]
+
+    reference = signature(variants[0])
+    for variant in variants[1:]:
+        if signature(variant) != reference:
+            raise InputSpecError(f"{variant.path}: inputs ({'; '.join(signature(variant))}) differ from "
+                                 f"{variants[0].path}'s ({'; '.join(reference)})",
+                                 "compare variants of one model")
+
+
 def parse_backends(text: str | Sequence[str]) -> list[str]:
     names = [b.strip() for b in (text.split(",") if isinstance(text, str) else text) if b.strip()]
     unknown = [b for b in names if b not in BACKENDS]

@@ -245,3 +245,17 @@ def test_size_on_disk_counts_external_data(tmp_path):
                     location="ext.onnx.data", size_threshold=0)
     variant = Variant("ext", path)
     assert variant.size_bytes == path.stat().st_size + (tmp_path / "ext.onnx.data").stat().st_size
+
+
+def test_variants_of_different_models_are_refused(tmp_path):
+    import subprocess
+
+    from graphopt.models import DIGITS_ONNX, DIGITS_TEST
+    from tests.conftest import make_linear_model
+
+    other = tmp_path / "linear.onnx"
+    onnx.save_model(make_linear_model(), str(other))
+    proc = subprocess.run([sys.executable, "-m", "graphopt", "compare", str(DIGITS_ONNX), str(other), "--data",
+                           str(DIGITS_TEST)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "differ from" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
