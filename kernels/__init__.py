@@ -15,8 +15,8 @@ from graphopt.kernels._packing import VNNI_K_GROUP, VNNI_N_PANEL, pack_weights_v
 from graphopt.kernels._qgemm import (PackedWeights, PreparedGemm, UnsupportedISAError, isa,
                                      pack_weights, qgemm, requantize_accumulators,
                                      supported_isas)
-from graphopt.kernels.conv import PackedConvWeights, pack_conv_weights, qconv2d
+from graphopt.kernels.conv import PackedConvWeights, PreparedConv, pack_conv_weights, qconv2d
 
 __all__ = ["VNNI_K_GROUP", "VNNI_N_PANEL", "PackedConvWeights", "PackedWeights",
-           "PreparedGemm", "UnsupportedISAError", "isa", "pack_conv_weights", "pack_weights", "pack_weights_vnni",
+           "PreparedConv", "PreparedGemm", "UnsupportedISAError", "isa", "pack_conv_weights", "pack_weights", "pack_weights_vnni",
            "qconv2d", "qgemm", "requantize_accumulators", "supported_isas"]

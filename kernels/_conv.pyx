@@ -318,3 +318,346 @@ def channels_last(x):
         with nogil:
             transpose_u8(&xv[0, 0, 0], channels, pixels, pixels, &ov[0, 0], channels)
     return out
+
+
+# --- PreparedConv: qconv2d with everything but the image fixed once --------------------------
+
+cdef enum:
+    _IMPLICIT = 0
+    _TRANSPOSED = 1
+    _DW_PLANAR = 2
+    _DW_ROWS = 3
+
+
+cdef class _GroupArgs:
+    """One group's epilogue and weights, as qg_args fields filled once."""
+    cdef qg_args p
+    cdef object keep
+    cdef const int8_t *rows
+
+
+cdef class _ShapePlan:
+    """Everything a PreparedConv derives from one input shape."""
+    cdef object out_shape
+    cdef cnp.npy_intp dims[4]
+    cdef int kind
+    cdef bint empty
+    cdef int64_t batch, image_elems, group_elems, pixels, hp, scratch_bytes
+    cdef int64_t m, n, k4, nc, tiles, chunks, per_chunk, total, plane_stride, planes
+    cdef int mr, npanels
+    cdef pad_shape ps
+    cdef qg_conv cv
+    cdef qg_conv_t cvt
+    cdef dw_shape ds
+    cdef object tap_off
+
+
+def _pair_of(value):
+    return (int(value), int(value)) if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value)
+
+
+def _pads_of(padding):
+    if isinstance(padding, (int, np.integer)):
+        return (int(padding),) * 4
+    padding = tuple(int(v) for v in padding)
+    return padding * 2 if len(padding) == 2 else padding
+
+
+cdef int _pad_rows(const pad_shape *s, const uint8_t *src, uint8_t zp, uint8_t *out, int64_t hp,
+                   int threads) except -1:
+    cdef int64_t r, rows_per = 8, chunks = (hp + rows_per - 1) // rows_per
+    if threads == 1:
+        with nogil:
+            pad_channels_last_rows(s, src, zp, out, 0, hp)
+    else:
+        for r in prange(chunks, nogil=True, num_threads=threads, schedule="static"):
+            pad_channels_last_rows(s, src, zp, out, r * rows_per, min(hp, (r + 1) * rows_per))
+    return 0
+
+
+cdef class PreparedConv:
+    """:func:`graphopt.kernels.qconv2d` with its weights, zero point, geometry, epilogue and
+    threads fixed once.
+
+    The arguments are ``qconv2d``'s and are validated here; the epilogue's arrays are built per
+    group once, and everything derived from an input shape (output shape, padded workspace
+    size, tap offsets, tiling) is computed on the first call with that shape and cached. A call
+    then checks ``x`` (and ``out``), pads the image into this thread's workspace and runs the
+    tiles: the results are ``qconv2d``'s, bit for bit. ``out`` may be a C-contiguous
+    ``[N, OC, OH, OW]`` array of the output dtype to write into.
+    """
+    cdef object weights, groups_args, plans, keep
+    cdef readonly int threads, x_zero_point
+    cdef readonly object stride, pads, dilation, output
+    cdef int isa_code, typenum, itemsize, groups, per_group, group_channels, out_channels
+    cdef bint vectorized
+    cdef int64_t kh, kw
+
+    def __init__(self, weights, int x_zero_point, *, stride=1, padding=0, dilation=1, bias=None,
+                 scale=None, output="int32", out_scale=None, int out_zero_point=0, bint relu=False,
+                 clip=None, int threads=1, isa_name=None):
+        if not 0 <= x_zero_point <= 255:
+            raise ValueError(f"x_zero_point must be in [0, 255], got {x_zero_point}")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if output not in _OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(_OUTPUTS)}, got {output!r}")
+        stride, dilation, pads = _pair_of(stride), _pair_of(dilation), _pads_of(padding)
+        if min(pads) < 0 or min(stride) < 1 or min(dilation) < 1:
+            raise ValueError(f"pads must be >= 0 and stride, dilation >= 1, got pads {pads}, "
+                             f"stride {stride}, dilation {dilation}")
+        from graphopt.kernels._qgemm import ISA_NAMES, isa
+        path = isa(isa_name)
+        self.isa_code = ISA_NAMES[path]
+        self.vectorized = path in ("vnni", "amx")
+        self.weights, self.x_zero_point, self.threads, self.output = weights, x_zero_point, threads, output
+        self.stride, self.pads, self.dilation = stride, pads, dilation
+        self.kh, self.kw = weights.kernel
+        self.groups, self.group_channels = weights.groups, weights.group_channels
+        self.out_channels = weights.out_channels
+        self.per_group = self.out_channels // self.groups
+        dtype = _OUTPUTS[output][1]
+        self.typenum = (cnp.NPY_INT32, cnp.NPY_UINT8, cnp.NPY_FLOAT32)[_OUTPUTS[output][0]]
+        self.itemsize = np.dtype(dtype).itemsize
+        self.plans = {}
+        self.groups_args = []
+        cdef _GroupArgs ga
+        cdef cnp.ndarray arr
+        if weights.depthwise:
+            quads, taps, sums = weights.depthwise_weights
+            ga = _GroupArgs()
+            ga.keep = [_prepare_params(&ga.p, self.out_channels, bias, scale, output, out_scale,
+                                       out_zero_point, relu, clip), quads, taps, sums]
+            ga.p.col_sums = <const int32_t *>cnp.PyArray_DATA(<cnp.ndarray>sums)
+            ga.p.a_zero_point = x_zero_point
+            self.groups_args.append(ga)
+            return
+        if self.groups > 1:
+            bias = None if bias is None else np.asarray(bias)
+            scale = None if scale is None else np.asarray(scale, np.float32)
+        for g in range(self.groups):
+            group_bias, group_scale = bias, scale
+            if self.groups > 1:
+                channels = slice(g * self.per_group, (g + 1) * self.per_group)
+                group_bias = None if bias is None else bias[channels]
+                group_scale = scale if scale is None or scale.size == 1 else scale[channels]
+            gw, rows = weights.gemm_weights[g], weights.weight_rows[g]
+            ga = _GroupArgs()
+            ga.keep = [_prepare_params(&ga.p, gw.n, group_bias, group_scale, output, out_scale,
+                                       out_zero_point, relu, clip), gw, rows]
+            arr = gw.packed
+            ga.p.bpack = <const int8_t *>cnp.PyArray_DATA(arr)
+            arr = gw.col_sums
+            ga.p.col_sums = <const int32_t *>cnp.PyArray_DATA(arr)
+            arr = rows
+            ga.rows = <const int8_t *>cnp.PyArray_DATA(arr)
+            ga.p.a_zero_point = x_zero_point
+            ga.p.apack = NULL
+            self.groups_args.append(ga)
+
+    cdef _ShapePlan _plan(self, tuple shape):
+        cdef _ShapePlan s = _ShapePlan()
+        cdef int64_t batch = shape[0], c = shape[1], height = shape[2], width = shape[3]
+        if c != self.group_channels * self.groups:
+            raise ValueError(f"x has {c} channels but the weights expect "
+                             f"{self.group_channels * self.groups}")
+        cdef int64_t pt = self.pads[0], pl = self.pads[1], pb = self.pads[2], pr = self.pads[3]
+        cdef int64_t sh = self.stride[0], sw = self.stride[1]
+        cdef int64_t dh = self.dilation[0], dw = self.dilation[1]
+        cdef int64_t kh = self.kh, kw = self.kw
+        cdef int64_t oh = conv_output_size(height, kh, sh, pt, pb, dh)
+        cdef int64_t ow = conv_output_size(width, kw, sw, pl, pr, dw)
+        cdef int64_t hp = height + pt + pb, wp = width + pl + pr, cg = self.group_channels
+        s.out_shape = (batch, self.out_channels, max(oh, 0), max(ow, 0))
+        s.dims[0], s.dims[1], s.dims[2], s.dims[3] = s.out_shape
+        s.batch, s.image_elems, s.group_elems = batch, c * height * width, cg * height * width
+        s.pixels, s.hp = max(oh, 0) * max(ow, 0), hp
+        s.empty = oh <= 0 or ow <= 0 or batch == 0 or self.out_channels == 0
+        if s.empty:
+            return s
+        cdef qg_args tmp
+        if self.weights.depthwise:
+            s.ds.height, s.ds.width, s.ds.out_height, s.ds.out_width = height, width, oh, ow
+            s.ds.kh, s.ds.kw, s.ds.stride_h, s.ds.stride_w = kh, kw, sh, sw
+            s.ds.dilation_h, s.ds.dilation_w, s.ds.pad_top, s.ds.pad_left = dh, dw, pt, pl
+            taps = self.weights.depthwise_weights[1]
+            if self.vectorized and dw_vbmi_supported() and dw_vbmi_fits(&s.ds):
+                s.kind = _DW_PLANAR
+                s.total = c
+                s.per_chunk = max(1, -(-c // (4 * self.threads)))
+            else:
+                s.kind = _DW_ROWS
+                s.ps.channels, s.ps.height, s.ps.width = c, height, width
+                s.ps.top, s.ps.left, s.ps.padded_width, s.ps.pixel_stride = pt, pl, wp, taps.shape[1]
+                if s.image_elems == 0:
+                    s.ps.height = 0
+                s.scratch_bytes = hp * wp * taps.shape[1]
+                s.total = oh
+                s.per_chunk = 4
+            s.chunks = (s.total + s.per_chunk - 1) // s.per_chunk
+            return s
+        cdef int64_t c4 = (cg + 3) // 4 * 4
+        if self.isa_code == QG_ISA_VNNI and sh == 1 and sw == 1:
+            s.kind = _TRANSPOSED
+            s.ps.channels, s.ps.height, s.ps.width = cg, height, width
+            s.ps.top, s.ps.left, s.ps.padded_width, s.ps.pixel_stride = pt, pl, wp, 4
+            s.planes = (cg + 3) // 4
+            s.plane_stride = ((hp * wp + 16 + (kw - 1) * dw) * 4 + 63) // 64 * 64
+            s.scratch_bytes = s.planes * s.plane_stride
+            s.tap_off = _tap_offsets(kh, kw, dh * wp * 4, dw * 4)
+            s.cvt.plane_stride = s.plane_stride
+            s.cvt.row_len, s.cvt.out_width = wp, ow
+            s.cvt.taps = kh * kw
+            s.cvt.tap_off = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>s.tap_off)
+            s.m, s.n = self.per_group, oh * wp
+            s.k4 = self.weights.weight_rows[0].shape[1] // 4
+            s.nc = max(48, _tile_columns(s.m, s.n, self.threads) // 48 * 48)
+        else:
+            s.kind = _IMPLICIT
+            s.ps.channels, s.ps.height, s.ps.width = cg, height, width
+            s.ps.top, s.ps.left, s.ps.padded_width, s.ps.pixel_stride = pt, pl, wp, c4
+            if s.group_elems == 0:
+                s.ps.height = 0
+            s.scratch_bytes = (hp * wp + (kw - 1) * dw + 1) * c4
+            s.tap_off = _tap_offsets(kh, kw, dh * wp * c4, dw * c4)
+            s.cv.taps = kh * kw
+            s.cv.tap_off = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>s.tap_off)
+            s.cv.out_width = ow
+            s.cv.in_px_stride = sw * c4
+            s.cv.in_row_stride = sh * wp * c4
+            s.cv.row_len = wp if (sh == 1 and sw == 1) else ow
+            s.m, s.n, s.k4 = oh * s.cv.row_len, self.per_group, kh * kw * c4 // 4
+            qg_shape(self.isa_code, s.m, &s.mr, &s.npanels)
+            s.nc = _tile_columns(s.m, s.n, self.threads)
+        tmp.m, tmp.n, tmp.nc = s.m, s.n, s.nc
+        s.tiles = qg_tile_count(&tmp)
+        return s
+
+    def __call__(self, x, out=None):
+        """uint8 ``x[N, C, H, W]`` through the prepared convolution; returns ``out`` (new if None)."""
+        cdef cnp.ndarray xa
+        if cnp.PyArray_CheckExact(x) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x):
+            xa = <cnp.ndarray>x
+        else:
+            xa = np.ascontiguousarray(x)
+        if cnp.PyArray_NDIM(xa) != 4 or cnp.PyArray_TYPE(xa) != cnp.NPY_UINT8:
+            raise ValueError(f"x must be uint8 [N, C, H, W], got {xa.dtype} {(<object>xa).shape}")
+        shape = (<object>xa).shape
+        cdef _ShapePlan s = self.plans.get(shape)
+        if s is None:
+            s = self._plan(shape)
+            self.plans[shape] = s
+        cdef cnp.ndarray oa
+        if out is None:
+            oa = cnp.PyArray_EMPTY(4, s.dims, self.typenum, 0)
+        elif (not cnp.PyArray_CheckExact(out) or cnp.PyArray_TYPE(<cnp.ndarray>out) != self.typenum
+              or (<object>out).shape != s.out_shape
+              or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
+              or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)):
+            raise ValueError(f"out must be a writeable C-contiguous {np.dtype(self.output)} "
+                             f"{s.out_shape} array, got {getattr(out, 'dtype', type(out))} "
+                             f"{getattr(out, 'shape', None)}")
+        else:
+            oa = <cnp.ndarray>out
+        if s.empty:
+            return oa
+        cdef const uint8_t *src = <const uint8_t *>cnp.PyArray_DATA(xa)
+        cdef char *dst = <char *>cnp.PyArray_DATA(oa)
+        if s.kind >= _DW_PLANAR:
+            self._depthwise(s, src, dst)
+        else:
+            self._gemm(s, src, dst)
+        return oa
+
+    cdef int _depthwise(self, _ShapePlan s, const uint8_t *src, char *dst) except -1:
+        cdef _GroupArgs ga = self.groups_args[0]
+        cdef qg_args p = ga.p
+        quads, taps, sums = self.weights.depthwise_weights
+        cdef const int32_t *quad_ptr = <const int32_t *>cnp.PyArray_DATA(<cnp.ndarray>quads)
+        cdef const int32_t *tap_ptr = <const int32_t *>cnp.PyArray_DATA(<cnp.ndarray>taps)
+        cdef int64_t b, r, c = self.out_channels, wp = s.ps.padded_width, stride_px = s.ps.pixel_stride
+        cdef int64_t total = s.total, per_chunk = s.per_chunk, chunks = s.chunks
+        cdef int threads = self.threads, failed = 0
+        cdef uint8_t *image = NULL
+        cdef const uint8_t *xb
+        p.out_rs, p.out_cs = 1, s.pixels
+        for b in range(s.batch):
+            p.out = dst + b * c * s.pixels * self.itemsize
+            xb = src + b * s.image_elems
+            if s.kind == _DW_ROWS:
+                buf = _scratch(s.scratch_bytes)
+                image = <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>buf)
+                _pad_rows(&s.ps, xb if s.image_elems else NULL, <uint8_t>self.x_zero_point,
+                          image, s.hp, threads)
+            if threads == 1:
+                with nogil:
+                    if s.kind == _DW_PLANAR:
+                        failed = dw_planes_vbmi(&s.ds, xb, quad_ptr, &p, 0, total)
+                    else:
+                        failed = dw_rows_portable(&s.ds, c, wp, stride_px, image, tap_ptr, &p, 0, total)
+            else:
+                for r in prange(chunks, nogil=True, num_threads=threads, schedule="static"):
+                    if s.kind == _DW_PLANAR:
+                        failed |= dw_planes_vbmi(&s.ds, xb, quad_ptr, &p, r * per_chunk,
+                                                 min(total, (r + 1) * per_chunk)) != 0
+                    else:
+                        failed |= dw_rows_portable(&s.ds, c, wp, stride_px, image, tap_ptr, &p,
+                                                   r * per_chunk, min(total, (r + 1) * per_chunk)) != 0
+            if failed:
+                raise MemoryError("depthwise convolution: could not allocate a task's scratch")
+        return 0
+
+    cdef int _gemm(self, _ShapePlan s, const uint8_t *src, char *dst) except -1:
+        cdef _GroupArgs ga
+        cdef qg_args p
+        cdef qg_conv cv = s.cv
+        cdef qg_conv_t cvt = s.cvt
+        cdef int64_t b, g, t, tiles = s.tiles, pg = self.per_group, planes = s.planes
+        cdef int threads = self.threads, failed = 0
+        cdef bint transposed = s.kind == _TRANSPOSED
+        cdef uint8_t zp = self.x_zero_point
+        cdef uint8_t *image
+        cdef const uint8_t *xg
+        buf = _scratch(s.scratch_bytes)
+        image = <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>buf)
+        for b in range(s.batch):
+            for g in range(self.groups):
+                ga = <_GroupArgs>self.groups_args[g]
+                p = ga.p
+                p.out = dst + (b * self.out_channels + g * pg) * s.pixels * self.itemsize
+                p.out_rs, p.out_cs = 1, s.pixels
+                p.m, p.n, p.k4, p.nc = s.m, s.n, s.k4, s.nc
+                xg = src + b * s.image_elems + g * s.group_elems
+                if transposed:
+                    if threads == 1:
+                        with nogil:
+                            pad_c4_planes(&s.ps, xg, zp, image, s.plane_stride, 0, planes)
+                    else:
+                        for t in prange(planes, nogil=True, num_threads=threads, schedule="static"):
+                            pad_c4_planes(&s.ps, xg, zp, image, s.plane_stride, t, t + 1)
+                    cvt.x, cvt.w = image, ga.rows
+                    p.isa = QG_ISA_VNNI
+                    if threads == 1:
+                        with nogil:
+                            for t in range(tiles):
+                                failed |= qg_conv_t_tile(&p, &cvt, t) != 0
+                    else:
+                        for t in prange(tiles, nogil=True, num_threads=threads, schedule="dynamic"):
+                            if qg_conv_t_tile(&p, &cvt, t) != 0:
+                                failed = 1
+                else:
+                    _pad_rows(&s.ps, xg if s.group_elems else NULL, zp, image, s.hp, threads)
+                    cv.x = image
+                    p.isa = self.isa_code
+                    p.mr, p.npanels = s.mr, s.npanels
+                    if threads == 1:
+                        with nogil:
+                            for t in range(tiles):
+                                failed |= qg_conv_tile(&p, &cv, t) != 0
+                    else:
+                        for t in prange(tiles, nogil=True, num_threads=threads, schedule="dynamic"):
+                            if qg_conv_tile(&p, &cv, t) != 0:
+                                failed = 1
+                if failed:
+                    raise MemoryError("convolution: could not allocate a tile's scratch buffer")
+        return 0

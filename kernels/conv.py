@@ -18,8 +18,8 @@ view, so no path transposes afterwards.
 """
 import numpy as np
 
-from graphopt.kernels._conv import (conv_output_size, depthwise_conv2d, implicit_conv2d,
-                                    pack_depthwise)
+from graphopt.kernels._conv import (PreparedConv, conv_output_size, depthwise_conv2d,
+                                    implicit_conv2d, pack_depthwise)
 from graphopt.kernels._qgemm import ISA_NAMES, isa, pack_weights
 
 
@@ -78,7 +78,9 @@ def qconv2d(x, x_zero_point, weights, *, stride=1, padding=0, dilation=1, bias=N
     float32 output) is :func:`graphopt.kernels.qgemm`'s, channel by channel. ``isa_name`` picks
     the GEMM's micro-kernel (stride-1 convolutions on the ``vnni`` path run transposed, output
     channels as rows); the depthwise kernel reads NCHW planes with AVX-512 VBMI on the ``vnni``
-    and ``amx`` paths when the CPU has it, and runs portable loops otherwise.
+    and ``amx`` paths when the CPU has it, and runs portable loops otherwise. A convolution
+    repeated with the same weights, geometry and epilogue costs less per call as a
+    :class:`PreparedConv` (same arguments, same results).
     """
     x = np.asarray(x)
     if x.ndim != 4 or x.dtype != np.uint8:
@@ -117,7 +119,7 @@ def qconv2d(x, x_zero_point, weights, *, stride=1, padding=0, dilation=1, bias=N
             if weights.groups > 1:
                 channels = slice(g * per_group, (g + 1) * per_group)
                 group_bias = None if bias is None else bias[channels]
-                group_scale = None if scale is None or scale.size == 1 else scale[channels]
+                group_scale = scale if scale is None or scale.size == 1 else scale[channels]
             implicit_conv2d(x[b, g * cg:(g + 1) * cg], x_zero_point, weights.gemm_weights[g],
                             *geometry, out[b, g * per_group:(g + 1) * per_group].reshape(per_group, -1).T,
                             bias=group_bias, scale=group_scale, output=output,

@@ -411,3 +411,32 @@ def qconv2d(x: np.ndarray, x_zero_point: int, weights: ConvWeights, window: Wind
     return kernels.qconv2d(np.ascontiguousarray(x), x_zero_point, packed, stride=tuple(strides),
                            padding=(begin[0], begin[1], end[0], end[1]), dilation=tuple(dilations),
                            threads=threads, **epilogue)
+
+
+class PreparedConv:
+    """A lowered int8 Conv step: :func:`qconv2d` with the weights, zero point, bias and epilogue
+    fixed at plan time. Pads (auto_pad) and the thread count depend on the input shape, so one
+    ``kernels.PreparedConv`` is built per input shape and zero point, on first sight, and a run
+    then costs a dictionary look-up on top of the kernel."""
+
+    def __init__(self, x_zero_point: int, weights: ConvWeights, window: Window, threads: int,
+                 **epilogue):
+        self.x_zero_point, self.weights, self.window = x_zero_point, weights, window
+        self.threads, self.epilogue = threads, epilogue
+        self._prepared = {}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x, x_zero_point = to_uint8(x, self.x_zero_point)
+        prepared = self._prepared.get((x.shape, x_zero_point))
+        if prepared is None:
+            prepared = self._prepared[(x.shape, x_zero_point)] = self._prepare(x.shape, x_zero_point)
+        return prepared(x)
+
+    def _prepare(self, shape, x_zero_point: int):
+        kernel, strides, dilations, begin, end, _, out = self.window.resolve(shape[2:], self.weights.kernel)
+        packed = self.weights.packed
+        macs = shape[0] * packed.out_channels * math.prod(out) * packed.group_channels * math.prod(kernel)
+        threads = max(1, min(self.threads, macs // _MIN_CONV_MACS_PER_THREAD))
+        return kernels.PreparedConv(packed, x_zero_point, stride=tuple(strides),
+                                    padding=(begin[0], begin[1], end[0], end[1]),
+                                    dilation=tuple(dilations), threads=threads, **self.epilogue)

@@ -151,9 +151,7 @@ def _epilogue_tail(g: _Graph, node: NodeSpec):
 
 
 def _conv_kernel(x, weights, bias, window, epilogue, threads):
-    def int8_conv(xq):
-        return int8.qconv2d(xq, x[2], weights, window, threads, bias=bias, **epilogue)
-    return int8_conv
+    return int8.PreparedConv(x[2], weights, window, threads, bias=bias, **epilogue)
 
 
 def _zero_point_type(g: _Graph, tensor: str) -> np.dtype:
