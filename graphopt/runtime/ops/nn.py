@@ -170,6 +170,83 @@ def _shifted_pays(channels: int, out_channels: int) -> bool:
     return channels >= _SHIFTED_MIN_CHANNELS and 2 * out_channels <= channels
 
 
+# Largest im2col matrix (per sample) that a precomputed gather index builds; above it the index
+# array costs more memory than the strided-view copy saves in Python overhead.
+_GATHER_MAX_ELEMENTS = 1 << 18
+
+
+def _gather_conv(x_shape, dtype, w, bias, window: Window, group: int, threads: int):
+    """For small im2col convolutions with a constant ``w``, a kernel specialised to ``x_shape``:
+    the im2col matrix is one ``np.take`` of the input, flattened and followed by a single zero
+    (which every padding position indexes), through an index array computed here, once.
+    None when the shape does not take conv_forward's im2col branch or the matrix is large."""
+    if np.dtype(dtype).kind != "f" or group != 1 or len(x_shape) < 3:
+        return None
+    kernel, strides, dilations, begin, end, _, out = window.resolve(x_shape[2:], list(w.shape[2:]))
+    batch, channels = x_shape[:2]
+    oc = w.shape[0]
+    if _conv_branch(kernel, strides, begin, end, group, channels, w, dtype) != "im2col" or w.shape[1] != channels:
+        return None
+    pixels, size = math.prod(out), channels * math.prod(x_shape[2:])
+    if pixels == 0 or size == 0 or channels * math.prod(kernel) * pixels > _GATHER_MAX_ELEMENTS:
+        return None
+    positions = np.arange(size, dtype=np.intp).reshape((1, channels) + tuple(x_shape[2:]))
+    views = _windows(_pad_spatial(positions, begin, end, size), kernel, strides, dilations, out)
+    nd = len(kernel)
+    order = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))
+    index = np.ascontiguousarray(views.transpose(order).reshape(-1, pixels))
+    padded = bool(any(begin) or any(end))
+    weights = np.ascontiguousarray(w.reshape(oc, -1))
+    out_shape = (batch, oc) + tuple(out)
+    shift = None if bias is None else np.ascontiguousarray(bias.reshape(-1, 1)).astype(dtype)
+
+    if batch == 1 and threads == 1:
+        # one sample: a 2-D take and a plain 2-D product, the fewest numpy calls
+        def conv_one(x, b):
+            if padded:
+                source = np.empty(size + 1, dtype)
+                source[:size] = x.reshape(size)
+                source[size] = 0
+            else:
+                source = x.reshape(size)
+            y = np.matmul(weights, source.take(index))
+            if shift is not None:
+                y += shift
+            elif b is not None:
+                y += b.reshape(-1, 1)
+            return y.reshape(out_shape)
+        return conv_one
+
+    def conv(x, b):
+        flat = x.reshape(batch, size)
+        if padded:
+            source = np.empty((batch, size + 1), dtype)
+            source[:, :size] = flat
+            source[:, size] = 0
+        else:
+            source = flat
+        y = matmul(weights, np.take(source, index, axis=1), threads)
+        if shift is not None:
+            y += shift
+        elif b is not None:
+            y += b.reshape(-1, 1)
+        return y.reshape(out_shape)
+    return conv
+
+
+def _conv_branch(kernel, strides, begin, end, group, channels, w, dtype) -> str:
+    oc = w.shape[0]
+    kind = np.dtype(dtype).kind
+    if (group == 1 and len(kernel) == 2 and strides == [1, 1] and _shifted_pays(channels, oc)
+            and kernel != [1, 1] and kind == "f"):
+        return "shifted"
+    if group == channels == oc and w.shape[1] == 1:
+        return "depthwise"
+    if all(k == 1 for k in kernel) and not any(begin) and not any(end) and group == 1:
+        return "pointwise"
+    return "im2col"
+
+
 def conv_forward(x, w, bias, window: Window, group: int, threads: int = 1, taps: np.ndarray | None = None):
     """fp32 convolution of ``x[N, C, *S]`` with ``w[OC, C/group, *K]`` (any number of spatial dims);
     ``taps``: :func:`conv_taps` of ``w``, when the caller keeps them."""
@@ -210,8 +287,19 @@ def build_conv(node: NodeSpec):
         const_w = np.ascontiguousarray(const_w)
         taps = conv_taps(const_w) if const_w.ndim == 4 and group == 1 else None
 
+    const_bias = node.const(2) if node.has_input(2) else None
+    specialised = {}  # (input shape, dtype, has bias) -> a gather kernel, or None
+
     def conv(x, w, bias=None):
         if const_w is not None:
+            key = (x.shape, x.dtype, bias is None)
+            fast = specialised.get(key, False)
+            if fast is False:
+                fast = specialised[key] = _gather_conv(
+                    x.shape, x.dtype, const_w, const_bias if bias is not None else None, window, group,
+                    node.threads)
+            if fast is not None:
+                return fast(x, bias)
             return conv_forward(x, const_w, bias, window, group, node.threads, taps)
         return conv_forward(x, w, bias, window, group, node.threads)
     return conv
@@ -270,6 +358,22 @@ def build_gemm(node: NodeSpec):
     if const_b is not None:
         # laid out [K, N] once, so that every call is one plain BLAS product
         const_b = np.ascontiguousarray(const_b.T if trans_b else const_b)
+
+    const_c = node.const(2) if node.has_input(2) else None
+    threads = node.threads
+    if const_b is not None and alpha == 1.0 and not trans_a:
+        shift = None if const_c is None else np.ascontiguousarray(
+            const_c * const_c.dtype.type(beta) if beta != 1.0 else const_c)
+
+        def plain_gemm(a, b, c=None):
+            y = matmul(a, const_b, threads)
+            if c is not None:
+                if shift is not None:
+                    y += shift
+                else:
+                    y += c * c.dtype.type(beta) if beta != 1.0 else c
+            return y
+        return plain_gemm
 
     def gemm(a, b, c=None):
         a = a.T if trans_a else a
@@ -359,11 +463,28 @@ def build_max_pool(node: NodeSpec):
     refuse(node.attr("storage_order", 0) != 0, "MaxPool storage_order=1 (column-major indices)")
     want_indices = node.num_outputs() > 1
 
+    taps_by_shape = {}  # input shape -> (padding needed, per axis the index of each tap)
+
     def max_pool(x):
         kernel, strides, dilations, begin, end, _, out = window.resolve(x.shape[2:])
-        padded = _pad_spatial(x, begin, end, _lowest(x.dtype))
         if not want_indices:
-            return (_separable_max(padded, kernel, strides, dilations, out),)
+            plan = taps_by_shape.get(x.shape)
+            if plan is None:
+                plan = taps_by_shape[x.shape] = (bool(any(begin) or any(end)), [
+                    [(slice(None),) * axis + (slice(t * d, t * d + (o - 1) * s + 1, s),) for t in range(k)]
+                    for axis, (k, s, d, o) in enumerate(zip(kernel, strides, dilations, out), start=2)])
+            pad, axes = plan
+            y = _pad_spatial(x, begin, end, _lowest(x.dtype)) if pad else x
+            for taps in axes:
+                if len(taps) == 1:
+                    y = y[taps[0]].copy()
+                    continue
+                result = np.maximum(y[taps[0]], y[taps[1]])
+                for tap in taps[2:]:
+                    np.maximum(result, y[tap], out=result)
+                y = result
+            return (y if y is not x else x.copy(),)
+        padded = _pad_spatial(x, begin, end, _lowest(x.dtype))
         views = _windows(padded, kernel, strides, dilations, out)
         flat = views.reshape(views.shape[:2 + len(out)] + (-1,))
         y = flat.max(axis=-1)

@@ -91,7 +91,16 @@ def build_reshape(node: NodeSpec):
     refuse(node.opset < 5, "Reshape with a shape attribute (opset < 5)")
     allow_zero = bool(node.attr("allowzero", 0))
 
+    const_shape = node.const(1)
+    fixed = None
+    if const_shape is not None:
+        fixed = tuple(_ints(const_shape))
+        if not allow_zero and 0 in fixed:
+            fixed = None
+
     def reshape(x, shape):
+        if fixed is not None:
+            return x.reshape(fixed)
         dims = _ints(shape)
         if not allow_zero:
             dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
