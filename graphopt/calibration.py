@@ -124,16 +124,21 @@ def _npz_data(path: Path, specs, batch_size) -> CalibrationData:
     return _array_data(read_npz(path, "calibration file"), specs, batch_size, str(path))
 
 
+def _check_array(array: np.ndarray, spec: InputSpec, source: str, rank_hint: str) -> None:
+    """dtype and rank of one input array; fixed dims are checked by the caller (samples axis or not)."""
+    _check_dtype(array, spec, source)
+    if array.ndim != len(spec.dims):
+        raise InputSpecError(f"{source}: '{spec.name}' has shape {list(array.shape)}, the model's input is "
+                             f"{spec.shape_text()}", rank_hint)
+
+
 def _array_data(arrays: dict, specs: list[InputSpec], batch_size: int, source: str) -> CalibrationData:
     arrays = {name: np.asarray(value) for name, value in arrays.items()}
     _check_names(arrays, specs, source)
     counts = set()
     for spec in specs:
         array = arrays[spec.name]
-        _check_dtype(array, spec, source)
-        if array.ndim != len(spec.dims):
-            raise InputSpecError(f"{source}: '{spec.name}' has shape {list(array.shape)}, the model's input is "
-                                 f"{spec.shape_text()}", "the first axis holds the samples, one row per batch item")
+        _check_array(array, spec, source, "the first axis holds the samples, one row per batch item")
         _check_fixed_dims(array.shape[1:], spec.dims[1:], spec, source, offset=1)
         counts.add(array.shape[0])
     if len(counts) > 1:
@@ -222,10 +227,7 @@ def check_feeds(feeds, specs: list[InputSpec], source: str) -> dict[str, np.ndar
     _check_names(arrays, specs, source)
     for spec in specs:
         array = arrays[spec.name]
-        _check_dtype(array, spec, source)
-        if array.ndim != len(spec.dims):
-            raise InputSpecError(f"{source}: '{spec.name}' has shape {list(array.shape)}, the model's input is "
-                                 f"{spec.shape_text()}", "give one batch per item, shaped like the input")
+        _check_array(array, spec, source, "give one batch per item, shaped like the input")
         _check_fixed_dims(array.shape, spec.dims, spec, source)
     return {spec.name: arrays[spec.name] for spec in specs}
 

@@ -209,12 +209,7 @@ def _gather_conv(x_shape, dtype, w, bias, window: Window, group: int, threads: i
                 source[size] = 0
             else:
                 source = x.reshape(size)
-            y = np.matmul(weights, source.take(index))
-            if shift is not None:
-                y += shift
-            elif b is not None:
-                y += b.reshape(-1, 1)
-            return y.reshape(out_shape)
+            return _add_bias(np.matmul(weights, source.take(index)), shift, b).reshape(out_shape)
         return conv_one
 
     def conv(x, b):
@@ -225,13 +220,17 @@ def _gather_conv(x_shape, dtype, w, bias, window: Window, group: int, threads: i
             source[:, size] = 0
         else:
             source = flat
-        y = matmul(weights, np.take(source, index, axis=1), threads)
-        if shift is not None:
-            y += shift
-        elif b is not None:
-            y += b.reshape(-1, 1)
-        return y.reshape(out_shape)
+        return _add_bias(matmul(weights, np.take(source, index, axis=1), threads), shift, b).reshape(out_shape)
     return conv
+
+
+def _add_bias(y: np.ndarray, shift: np.ndarray | None, b: np.ndarray | None) -> np.ndarray:
+    """In place: the bias prepared at build time (``shift``), else the run-time bias ``b``."""
+    if shift is not None:
+        y += shift
+    elif b is not None:
+        y += b.reshape(-1, 1)
+    return y
 
 
 def _conv_branch(kernel, strides, begin, end, group, channels, w, dtype) -> str:
