@@ -39,6 +39,15 @@ class Plan:
     shapes: dict[str, tuple[int, ...]]  # every tensor's shape in this signature, by name
 
 
+def prepacked_inputs(kernel) -> tuple[int, ...]:
+    """The input positions whose constant value ``kernel`` copied what it needs from when it was
+    built (packed weights, a transposed matrix) and never reads again: a kernel declares them
+    as ``kernel.prepacked_inputs = (1,)`` (an attribute of the function or of the kernel's
+    class). The session then passes it None there, clears them from the node's ``consts`` and
+    keeps a constant only while some other step reads it, so a packed weight is held once."""
+    return tuple(getattr(kernel, "prepacked_inputs", None) or ())
+
+
 # Ops whose kernels return a new array that nothing else references: a tail may overwrite it.
 FRESH_OUTPUT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 

@@ -5,6 +5,12 @@ once), QDQ groups are lowered to int8 kernel calls, weights are packed, constant
 folded and every node gets its prebound kernel. At the first ``run`` with a new input-shape
 signature the graph is compiled into a :class:`~graphopt.runtime.plan.Plan`; later runs with the
 same shapes reuse it.
+
+Memory: the weights become numpy arrays before the ONNX checker runs (which then sees empty
+stand-ins, not a serialized copy of every weight), the model's protobuf is released before any
+kernel packs its copies, a constant quantized table read by Gather stays quantized, and a
+constant that a kernel declares prepacked (``plan.prepacked_inputs``) is dropped once no other
+node reads it. Peak memory is about twice the weights (the parsed file and its arrays).
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import contextlib
 import dataclasses
 import os
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,7 +26,7 @@ from onnx import numpy_helper
 
 from graphopt.errors import InputSpecError, UnsupportedModelError
 from graphopt.feeds import InputSpec, value_info_spec
-from graphopt.model_io import check_versions, load_model
+from graphopt.model_io import check_model, check_versions, load_model
 from graphopt.runtime import plan as plans
 from graphopt.runtime.lowering import drop_unused, lower_qdq
 from graphopt.runtime.ops import OPS, NodeSpec, Unsupported
@@ -86,6 +93,75 @@ def _listing(problems: list[str]) -> str:
     return "; ".join(shown)
 
 
+# element types whose raw bytes numpy_helper.to_array reads as they are (frombuffer + reshape)
+_PLAIN_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+def _take_weights(graph: onnx.GraphProto, stub: bool) -> dict[str, np.ndarray]:
+    """The initializers stored as raw bytes of a numeric type, as numpy arrays. With ``stub``
+    each one converted is left in ``graph`` as an empty tensor of the same name and type (dims
+    ``[0]``): the ONNX checker, run afterwards, then neither copies nor parses the weights. Only
+    tensors that the checker could not have rejected are converted (raw data alone, of exactly
+    the declared size, stored in the file); the others stay for the checker and ``to_array``."""
+    consts = {}
+    for tensor in graph.initializer:
+        if (tensor.data_type not in NUMERIC_TYPES or not tensor.HasField("raw_data")
+                or tensor.HasField("segment") or tensor.data_location == onnx.TensorProto.EXTERNAL
+                or any(len(getattr(tensor, field)) for field in _PLAIN_FIELDS)):
+            continue
+        try:
+            value = numpy_helper.to_array(tensor)
+        except ValueError:  # raw data of another size than the dims say: the checker reports it
+            continue
+        consts[tensor.name] = value
+        if stub:
+            tensor.ClearField("raw_data")
+            del tensor.dims[:]
+            tensor.dims.append(0)
+    return consts
+
+
+def _gather_then_dequantize(specs: list[NodeSpec], consts: dict[str, np.ndarray],
+                            graph_outputs: set[str]) -> list[NodeSpec]:
+    """``Gather(DequantizeLinear(table))`` of a constant table with a per-tensor scale and zero
+    point becomes ``DequantizeLinear(Gather(table))``: the same values (dequantizing maps each
+    element alone), but the table stays as the file stores it instead of being folded into a
+    float copy 4x its size (bert's word embeddings: 7.5 MiB of uint8 instead of 30 MiB)."""
+    readers: dict[str, list[tuple[NodeSpec, int]]] = defaultdict(list)
+    names = set(consts)
+    for spec in specs:
+        names.update(spec.outputs)
+        for index, name in enumerate(spec.inputs):
+            if name:
+                readers[name].append((spec, index))
+                names.add(name)
+    rewritten: dict[int, list[NodeSpec]] = {}
+    for dq in specs:
+        if dq.op_type != "DequantizeLinear" or dq.inputs[0] not in consts or dq.attr("block_size", 0):
+            continue
+        table, out = consts[dq.inputs[0]], dq.outputs[0]
+        scale = consts.get(dq.inputs[1]) if dq.has_input(1) else None
+        zero_point = consts.get(dq.inputs[2]) if dq.has_input(2) else None
+        users = readers.get(out, [])
+        if (table.dtype not in (np.uint8, np.int8) or scale is None or scale.ndim != 0
+                or (dq.has_input(2) and (zero_point is None or zero_point.ndim != 0))
+                or out in graph_outputs or not users or any(u.op_type != "Gather" or k != 0 for u, k in users)):
+            continue
+        for gather, _ in users:
+            gathered = gather.outputs[0] + "_quantized"
+            while gathered in names:
+                gathered += "_"
+            names.add(gathered)
+            rewritten[id(gather)] = [
+                dataclasses.replace(gather, inputs=[dq.inputs[0]] + gather.inputs[1:], outputs=[gathered]),
+                dataclasses.replace(dq, name=f"{dq.name}/{gather.name}", inputs=[gathered] + dq.inputs[1:],
+                                    outputs=list(gather.outputs))]
+        rewritten[id(dq)] = []
+    if not rewritten:
+        return specs
+    return [new for spec in specs for new in rewritten.get(id(spec), [spec])]
+
+
 def _topological(specs: list[NodeSpec], available: set[str]) -> list[NodeSpec]:
     """Nodes in an order where each runs after its producers (ONNX requires it; not every
     in-memory model honours it). Nodes that can never run are left at the end, in file order."""
@@ -109,11 +185,17 @@ class Session:
         if threads < 1:
             raise InputSpecError(f"threads must be at least 1, got {threads}")
         self.threads = threads
-        model = self._load(path_or_model)
+        model, checked_at, owned = self._load(path_or_model)
         graph = model.graph
         self._opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 1)
+        # the weights become numpy arrays before the ONNX checker runs: a model the session parsed
+        # itself gives them up (see _take_weights), so the checker's serialized copy and its C++
+        # parse carry none of them, and the model's weights exist at most twice (proto + arrays)
+        consts = _take_weights(graph, stub=owned)
+        if checked_at is not None:
+            check_model(model, checked_at)
         self._check_types(graph)
-        consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        consts.update({t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in consts})
         self._input_specs = [value_info_spec(i) for i in graph.input if i.name not in consts]
         self._input_types = {i.name: i.type.tensor_type.elem_type for i in graph.input}
         self._input_dtypes: dict[str, np.dtype] = {}  # filled at the first run, per input
@@ -121,10 +203,14 @@ class Session:
         self._outputs = [_node_arg(value_info_spec(o), o.type.tensor_type.elem_type) for o in graph.output]
         self._output_names = [o.name for o in graph.output]
         specs = _topological(self._node_specs(graph, consts), set(consts) | {s.name for s in self._input_specs})
+        # nothing below reads the model: its protobuf (weights included when the caller passed
+        # its own ModelProto) is not kept while kernels pack their copies
+        del model, graph
         outputs = set(self._output_names)
         specs = self._fold_constants(specs, consts)
         specs, self.lowered = lower_qdq(specs, consts, outputs)
         specs = drop_unused(specs, outputs)
+        specs = _gather_then_dequantize(specs, consts, outputs)
         # what lowering left of the DequantizeLinear nodes of constants (weights of products it
         # could not lower) is dequantized here, so that those ops are built with constant weights
         specs = self._fold_constants(specs, consts, keep_dequantize=False)
@@ -136,16 +222,19 @@ class Session:
 
     # ---- creation ---------------------------------------------------------------------------
     @staticmethod
-    def _load(source) -> onnx.ModelProto:
+    def _load(source) -> tuple[onnx.ModelProto, Path | None, bool]:
+        """(model, the path to name in the ONNX checker's errors or None when it does not run,
+        whether the model is the session's own to strip of its weights)."""
         if isinstance(source, onnx.ModelProto):
             check_versions(source)
-            return source
+            return source, None, False
         if isinstance(source, bytes):
             model = onnx.ModelProto()
             model.ParseFromString(source)
             check_versions(model)
-            return model
-        return load_model(source)
+            return model, None, True
+        # load_model(source) would run the checker here, on a serialized copy of every weight
+        return load_model(source, check=False), Path(source), True
 
     @staticmethod
     def _check_types(graph: onnx.GraphProto) -> None:
@@ -197,18 +286,38 @@ class Session:
         """Give every node its kernel and a slot per tensor; fold what is constant."""
         kernels, problems = [], []
         lowered = {id(g.spec): g.kernel for g in self.lowered if g.kernel is not None}
+        # constant inputs a kernel prepacked (plans.prepacked_inputs) are not read at run time:
+        # each is dropped as soon as no node left to build reads it, before the next kernel
+        # packs its own copy
+        readers: dict[str, int] = defaultdict(int)
+        for spec in specs:
+            for name in spec.inputs:
+                if name in consts:
+                    readers[name] += 1
+        prepacked: list[set[int]] = []
         for spec in specs:
             if id(spec) in lowered:
-                kernels.append((lowered[id(spec)], False))
-                continue
-            op = OPS.get(spec.op_type)
-            if op is None:
-                problems.append(f"{spec.name} ({spec.op_type}: op not implemented)")
-                continue
-            try:
-                kernels.append((op.build(spec), op.multi_output))
-            except Unsupported as exc:
-                problems.append(f"{spec.name} ({spec.op_type}: {exc})")
+                kernel, multi = lowered[id(spec)], False
+            else:
+                op = OPS.get(spec.op_type)
+                if op is None:
+                    problems.append(f"{spec.name} ({spec.op_type}: op not implemented)")
+                    continue
+                try:
+                    kernel, multi = op.build(spec), op.multi_output
+                except Unsupported as exc:
+                    problems.append(f"{spec.name} ({spec.op_type}: {exc})")
+                    continue
+            kernels.append((kernel, multi))
+            packed = {k for k in plans.prepacked_inputs(kernel)
+                      if 0 <= k < len(spec.inputs) and spec.inputs[k] in consts}
+            prepacked.append(packed)
+            for k in packed:
+                name = spec.inputs[k]
+                spec.consts[k] = None
+                readers[name] -= 1
+                if readers[name] == 0 and name not in self._output_names:
+                    del consts[name]
         self._raise_if(problems)
         # slot 0: an omitted optional input (always None); slot 1: outputs nothing reads
         slots: dict[str, int] = {"": 0}
@@ -220,12 +329,13 @@ class Session:
                 self._slot_names.append(name)
             return slots[name]
 
-        used = {i for s in specs for i in s.inputs if i} | set(self._output_names)
+        used = {i for s, packed in zip(specs, prepacked) for k, i in enumerate(s.inputs)
+                if i and k not in packed} | set(self._output_names)
         for name in [s.name for s in self._input_specs] + self._output_names:
             slot(name)
         steps = []
-        for spec, (kernel, multi) in zip(specs, kernels):
-            ins = tuple(slot(i) if i else 0 for i in spec.inputs)
+        for spec, (kernel, multi), packed in zip(specs, kernels, prepacked):
+            ins = tuple(slot(i) if i and k not in packed else 0 for k, i in enumerate(spec.inputs))
             outs = tuple(slot(o) if o and o in used else 1 for o in spec.outputs)
             steps.append(plans.Step(spec.name, spec.op_type, kernel, ins, outs, multi))
         self._slots = slots
