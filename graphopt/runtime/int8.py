@@ -17,6 +17,7 @@ import numba
 import numpy as np
 
 from graphopt import kernels
+from graphopt.runtime.ops import numba_fp32
 from graphopt.runtime.ops.nn import Window, conv_forward
 
 
@@ -189,6 +190,17 @@ def _qlinear_add_run_fma(a, ratio_a, b, ratio_b, fixed, out):
         out[i] = np.uint8(min(max(np.rint(value), np.float32(0)), np.float32(255)))
 
 
+@numba.jit(nopython=True, nogil=True, cache=True, fastmath={"contract"})
+def _qlinear_add_run_fma_args(a, ratio_a, b, ratio_b, fixed, _unused, out):
+    # _qlinear_add_run_fma with _qlinear_mul_run's argument layout (one call site for both)
+    _qlinear_add_run_fma(a, ratio_a, b, ratio_b, fixed, out)
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _qlinear_add_run_args(a, ratio_a, b, ratio_b, fixed, _unused, out):
+    _qlinear_add_run(a, ratio_a, b, ratio_b, fixed, out)
+
+
 @numba.jit(nopython=True, nogil=True, cache=True)
 def _qlinear_add(a, ratio_a, b, ratio_b, fixed, out):
     # a, b, out: [rows, n]; a or b may have one row, broadcast over the other's (a bias)
@@ -197,40 +209,116 @@ def _qlinear_add(a, ratio_a, b, ratio_b, fixed, out):
         _qlinear_add_run(a[r % a_rows], ratio_a, b[r % b_rows], ratio_b, fixed, out[r])
 
 
-class _BinaryLayouts:
-    """Per pair of input shapes (decided once; a plan meets the same shapes every run): the output
-    shape and the layout that :func:`_as_rows` gives the operands."""
-
-    def __init__(self):
-        self._known: dict[tuple, tuple] = {}
-
-    def __call__(self, a: np.ndarray, b: np.ndarray):
-        key = (a.shape, b.shape)
-        layout = self._known.get(key)
-        if layout is None:
-            shape = np.broadcast_shapes(a.shape, b.shape)
-            n = shape[-1] if shape else 1
-            bias_like = any(x.shape != shape and x.size == n and x.shape[-1:] == shape[-1:] and n >= 64
-                            for x in (a, b))
-            layout = self._known[key] = (shape, (-1, n) if bias_like else (1, -1))
-        return layout
+@numba.jit(nopython=True, nogil=True, cache=True, fastmath={"contract"})
+def _qlinear_add_fma(a, ratio_a, b, ratio_b, fixed, out):
+    # _qlinear_add on the FMA run (checked like it, see QLinearAdd._fma_matches)
+    a_rows, b_rows = a.shape[0], b.shape[0]
+    for r in range(out.shape[0]):
+        _qlinear_add_run_fma(a[r % a_rows], ratio_a, b[r % b_rows], ratio_b, fixed, out[r])
 
 
-def _as_rows(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...], layout: tuple[int, int]):
-    """``a`` and ``b`` as [rows, n] arrays for ``layout``: (-1, n), where ``a`` or ``b`` may have
-    one row that the kernels repeat (a bias along the last axis), or (1, -1), one long row run
-    without the row loop: a plain elementwise pair, or one broadcast to the output's shape first
-    (a scalar, a per-channel vector: a uint8 copy is cheaper than many short rows)."""
-    if layout != (1, -1):
-        return np.ascontiguousarray(a).reshape(layout), np.ascontiguousarray(b).reshape(layout)
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _qlinear_add_channel(a, ratio_a, b, ratio_b, fixed, b_per_row, out):
+    """out[r, i] from a[r, i] and b[r] (``b_per_row``), or from a[r] and b[r, i]: the operand
+    with one value per row (a per-channel vector) is never broadcast in memory. The exact
+    float64 form of _qlinear_add_run; the per-row operand's FMA done once per row."""
+    for r in range(out.shape[0]):
+        row = out[r]
+        if b_per_row:
+            partial = np.float64(np.float32(np.float64(b[r, 0]) * ratio_b + fixed))
+            src = a[r]
+            for i in range(row.shape[0]):
+                value = np.float32(np.float64(src[i]) * ratio_a + partial)
+                row[i] = np.uint8(min(max(np.rint(value), np.float32(0)), np.float32(255)))
+        else:
+            term = np.float64(a[r, 0]) * ratio_a
+            src = b[r]
+            for i in range(row.shape[0]):
+                partial = np.float32(np.float64(src[i]) * ratio_b + fixed)
+                value = np.float32(term + np.float64(partial))
+                row[i] = np.uint8(min(max(np.rint(value), np.float32(0)), np.float32(255)))
 
-    def flat(x):
-        x = x if x.shape == shape else np.broadcast_to(x, shape)
-        return np.ascontiguousarray(x).reshape(1, -1)
-    return flat(a), flat(b)
+
+def _binary_layout(a_shape: tuple, b_shape: tuple):
+    """How a binary kernel runs on operands of these shapes (decided once per pair; a plan meets
+    the same shapes every run): (output shape, kind, rows, n) with kind
+
+    * "flat": equal shapes, one run over ``n`` values;
+    * "rows": one operand is a row of ``n`` values repeated over the other's ``rows`` (a bias
+      along the trailing axes, an attention mask);
+    * "a_channel" / "b_channel": that operand holds one value per row of ``n`` (a per-channel
+      vector ``[1, C, 1, 1]``): never broadcast in memory;
+    * "broadcast": anything else; the operands are broadcast to the output shape first.
+    """
+    shape = tuple(np.broadcast_shapes(a_shape, b_shape))
+    size = math.prod(shape)
+    if size == 0:
+        return shape, "broadcast", 1, size
+    if a_shape == b_shape:
+        return shape, "flat", 1, size
+    if a_shape != shape and b_shape != shape:
+        return shape, "broadcast", 1, size
+    small = "a" if a_shape != shape else "b"
+    padded = (1,) * (len(shape) - len(a_shape if small == "a" else b_shape)) + (a_shape if small == "a" else b_shape)
+    # a repeated row: leading 1s, then the output's trailing dimensions
+    lead = next((k for k, d in enumerate(padded) if d != 1), len(padded))
+    if padded[lead:] == shape[lead:]:
+        n = math.prod(shape[lead:])
+        if n >= 16 or n == size:
+            return shape, "rows", size // max(n, 1), n
+    # one value per row: the output's leading dimensions, then 1s
+    tail = max((k + 1 for k, d in enumerate(padded) if d != 1), default=0)
+    if padded[:tail] == shape[:tail]:
+        n = math.prod(shape[tail:])
+        if n >= 16:
+            return shape, f"{small}_channel", size // n, n
+    return shape, "broadcast", 1, size
 
 
-class QLinearAdd:
+class _Binary:
+    """The shape handling of QLinearAdd / QLinearMul: per pair of input shapes, a prepared call."""
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        run = self._prepared.get((a.shape, b.shape))
+        if run is None:
+            run = self._prepared[(a.shape, b.shape)] = self._prepare(a.shape, b.shape)
+        return run(a, b)
+
+    def _prepare(self, a_shape, b_shape):
+        shape, kind, rows, n = _binary_layout(a_shape, b_shape)
+        flat, by_rows, channel = self._flat, self._rows, self._channel
+        if kind == "flat":
+            kernel, (c0, c1, c2, c3) = self._flat_kernel()
+
+            def run(a, b):  # the most frequent case: the compiled loop called directly
+                out = np.empty(shape, np.uint8)
+                kernel(a.reshape(-1), c0, b.reshape(-1), c1, c2, c3, out.reshape(-1))
+                return out
+        elif kind == "rows":
+            def run(a, b):
+                out = np.empty(shape, np.uint8)
+                by_rows(np.ascontiguousarray(a).reshape(-1, n), np.ascontiguousarray(b).reshape(-1, n),
+                        out.reshape(rows, n))
+                return out
+        elif kind in ("a_channel", "b_channel"):
+            b_per_row = kind == "b_channel"
+
+            def run(a, b):
+                out = np.empty(shape, np.uint8)
+                a2 = a.reshape(rows, 1) if not b_per_row else np.ascontiguousarray(a).reshape(rows, n)
+                b2 = b.reshape(rows, 1) if b_per_row else np.ascontiguousarray(b).reshape(rows, n)
+                channel(a2, b2, b_per_row, out.reshape(rows, n))
+                return out
+        else:
+            def run(a, b):
+                out = np.empty(shape, np.uint8)
+                flat(np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1),
+                     np.ascontiguousarray(np.broadcast_to(b, shape)).reshape(-1), out.reshape(-1))
+                return out
+        return run
+
+
+class QLinearAdd(_Binary):
     """uint8 ``a + b`` requantized exactly as onnxruntime's QLinearAdd (its AVX2 kernel) does:
     ``rint(fma(a, s_a/s_c, fma(b, s_b/s_c, zc - (s_a/s_c·za + s_b/s_c·zb))))`` in float32."""
 
@@ -242,32 +330,42 @@ class QLinearAdd:
         self.constants = (np.float64(ratio_a), np.float64(ratio_b), np.float64(fixed))
         self.constants32 = (ratio_a, ratio_b, fixed)
         self.fma_exact = self._fma_matches()
-        self.layouts = _BinaryLayouts()
+        self._prepared = {}
 
     def _fma_matches(self) -> bool:
-        """Whether the float32 FMA loop gives the exact loop's result for all 65,536 input pairs
-        (it does wherever LLVM emits FMA instructions): then it is exact for every input."""
+        """Whether the float32 FMA loops give the exact loop's result for all 65,536 input pairs
+        (they do wherever LLVM emits FMA instructions): then they are exact for every input."""
         a = np.repeat(np.arange(256, dtype=np.uint8), 256)
         b = np.tile(np.arange(256, dtype=np.uint8), 256)
-        exact, fused = np.empty(a.size, np.uint8), np.empty(a.size, np.uint8)
+        exact, fused, fused_rows = (np.empty(a.size, np.uint8) for _ in range(3))
         _qlinear_add_run(a, *self.constants[:1], b, *self.constants[1:], exact)
         ratio_a, ratio_b, fixed = self.constants32
-        _qlinear_add_run_fma(a, ratio_a, b, ratio_b, fixed, fused)
-        return bool(np.array_equal(exact, fused))
+        _qlinear_add_run_fma_args(a, ratio_a, b, ratio_b, fixed, 0, fused)  # the loop the flat calls run
+        # the row loop, with b one row repeated under every row of a (a bias)
+        _qlinear_add_fma(a.reshape(256, 256), ratio_a, b[:256].reshape(1, 256), ratio_b, fixed,
+                         fused_rows.reshape(256, 256))
+        return bool(np.array_equal(exact, fused) and np.array_equal(exact, fused_rows))
 
-    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        ratio_a, ratio_b, fixed = self.constants
-        shape, layout = self.layouts(a, b)
-        out = np.empty(shape, np.uint8)
-        a_rows, b_rows = _as_rows(a, b, shape, layout)
-        if layout == (1, -1) and self.fma_exact:
-            ratio_a, ratio_b, fixed = self.constants32
-            _qlinear_add_run_fma(a_rows[0], ratio_a, b_rows[0], ratio_b, fixed, out.reshape(-1))
-        elif layout == (1, -1):
-            _qlinear_add_run(a_rows[0], ratio_a, b_rows[0], ratio_b, fixed, out.reshape(-1))
+    def _flat_kernel(self):
+        """(loop, its four constant arguments) for ``loop(a, c0, b, c1, c2, c3, out)``."""
+        if self.fma_exact:
+            return _qlinear_add_run_fma_args, (*self.constants32[:1], *self.constants32[1:], 0)
+        return _qlinear_add_run_args, (*self.constants[:1], *self.constants[1:], 0)
+
+    def _flat(self, a, b, out):
+        if self.fma_exact:
+            _qlinear_add_run_fma(a, *self.constants32[:1], b, *self.constants32[1:], out)
         else:
-            _qlinear_add(a_rows, ratio_a, b_rows, ratio_b, fixed, out.reshape(layout))
-        return out
+            _qlinear_add_run(a, *self.constants[:1], b, *self.constants[1:], out)
+
+    def _rows(self, a, b, out):
+        if self.fma_exact:
+            _qlinear_add_fma(a, *self.constants32[:1], b, *self.constants32[1:], out)
+        else:
+            _qlinear_add(a, *self.constants[:1], b, *self.constants[1:], out)
+
+    def _channel(self, a, b, b_per_row, out):
+        _qlinear_add_channel(a, *self.constants[:1], b, *self.constants[1:], b_per_row, out)
 
 
 @numba.jit(nopython=True, nogil=True, cache=True)
@@ -285,7 +383,26 @@ def _qlinear_mul(a, a_zero_point, b, b_zero_point, ratio, c_zero_point, out):
         _qlinear_mul_run(a[r % a_rows], a_zero_point, b[r % b_rows], b_zero_point, ratio, c_zero_point, out[r])
 
 
-class QLinearMul:
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _qlinear_mul_scaled_run(src, zero_point, factor, ratio, c_zero_point, out):
+    for i in range(out.shape[0]):
+        product = (np.int32(src[i]) - zero_point) * factor
+        value = np.rint(np.float32(product) * ratio) + c_zero_point
+        out[i] = np.uint8(min(max(value, np.float32(0)), np.float32(255)))
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _qlinear_mul_channel(a, a_zero_point, b, b_zero_point, ratio, c_zero_point, b_per_row, out):
+    # one operand one value per row: its centered value is the row's integer factor (the
+    # integer product commutes, so either operand may be the per-row one)
+    for r in range(out.shape[0]):
+        if b_per_row:
+            _qlinear_mul_scaled_run(a[r], a_zero_point, np.int32(b[r, 0]) - b_zero_point, ratio, c_zero_point, out[r])
+        else:
+            _qlinear_mul_scaled_run(b[r], b_zero_point, np.int32(a[r, 0]) - a_zero_point, ratio, c_zero_point, out[r])
+
+
+class QLinearMul(_Binary):
     """uint8 ``a * b`` requantized as onnxruntime's QLinearMul (its SSE2 kernel) does:
     ``rint(float32((a - za)(b - zb)) * (s_a·s_b/s_c)) + zc``, the ratio in float32."""
 
@@ -293,19 +410,23 @@ class QLinearMul:
         ratio = np.float32(np.float32(a_scale) * np.float32(b_scale)) / np.float32(c_scale)
         self.constants = (np.int32(a_zero_point), np.int32(b_zero_point), np.float32(ratio),
                           np.float32(c_zero_point))
-        self.layouts = _BinaryLayouts()
+        self._prepared = {}
 
-    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        a_zero_point, b_zero_point, ratio, c_zero_point = self.constants
-        shape, layout = self.layouts(a, b)
-        out = np.empty(shape, np.uint8)
-        a_rows, b_rows = _as_rows(a, b, shape, layout)
-        if layout == (1, -1):
-            _qlinear_mul_run(a_rows[0], a_zero_point, b_rows[0], b_zero_point, ratio, c_zero_point,
-                             out.reshape(-1))
-        else:
-            _qlinear_mul(a_rows, a_zero_point, b_rows, b_zero_point, ratio, c_zero_point, out.reshape(layout))
-        return out
+    def _flat_kernel(self):
+        """(loop, its four constant arguments) for ``loop(a, c0, b, c1, c2, c3, out)``."""
+        return _qlinear_mul_run, self.constants
+
+    def _flat(self, a, b, out):
+        za, zb, ratio, zc = self.constants
+        _qlinear_mul_run(a, za, b, zb, ratio, zc, out)
+
+    def _rows(self, a, b, out):
+        za, zb, ratio, zc = self.constants
+        _qlinear_mul(a, za, b, zb, ratio, zc, out)
+
+    def _channel(self, a, b, b_per_row, out):
+        za, zb, ratio, zc = self.constants
+        _qlinear_mul_channel(a, za, b, zb, ratio, zc, b_per_row, out)
 
 
 @numba.jit(nopython=True, nogil=True, cache=True)
@@ -319,6 +440,80 @@ def lookup(x: np.ndarray, table: np.ndarray) -> np.ndarray:
     out = np.empty(x.shape, table.dtype)
     _lookup(np.ascontiguousarray(x).reshape(-1), table, out.reshape(-1))
     return out
+
+
+class TableLookup:
+    """A lowered step mapping each uint8 value alone: ``table[x]`` (uint8, or float32 when a
+    DequantizeLinear was folded into the table). ``min_rank``: a constant operand of shape (1,)
+    makes a rank-0 input rank 1, as broadcasting would."""
+
+    def __init__(self, table: np.ndarray, min_rank: int = 0):
+        self.table = np.ascontiguousarray(table)
+        self.min_rank = min_rank
+
+    def __call__(self, xq: np.ndarray) -> np.ndarray:
+        if xq.ndim < self.min_rank:
+            xq = xq.reshape((1,) * (self.min_rank - xq.ndim) + xq.shape)
+        out = np.empty(xq.shape, self.table.dtype)
+        _lookup(np.ascontiguousarray(xq).reshape(-1), self.table, out.reshape(-1))
+        return out
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _quantize_lookup(x, scale, zero_point, table, out):
+    """_quantize_uint8's arithmetic, its result used as an index into ``table``: by chunks, the
+    quantization (vectorized; its division would be scalar in the same loop as the table reads)
+    into a small buffer, then the table reads."""
+    chunk = 1024
+    index = np.empty(chunk, np.uint8)
+    n = x.shape[0]
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        _quantize_uint8(x[start:stop], scale, zero_point, index[:stop - start])
+        _lookup(index[:stop - start], table, out[start:stop])
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _quantize_dequantize(x, scale, zero_point, out_scale, out_zero_point, out):
+    # _quantize_uint8 then _dequantize, in one pass
+    lo, hi = np.float32(0 - zero_point), np.float32(255 - zero_point)
+    for i in range(x.shape[0]):
+        v = min(max(np.rint(x[i] / scale), lo), hi)
+        q = np.uint8(np.int32(v) + zero_point)
+        out[i] = np.float32(np.int32(q) - out_zero_point) * out_scale
+
+
+class QuantizeLookup:
+    """QuantizeLinear (per tensor, uint8) followed by a :class:`TableLookup`, in one pass over
+    float32 input; other input types take ``fallback`` (the QuantizeLinear kernel) then the table."""
+
+    def __init__(self, scale, zero_point, lookup: TableLookup, fallback):
+        self.scale, self.zero_point = np.float32(scale), np.int32(zero_point)
+        self.lookup, self.fallback = lookup, fallback
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.dtype != np.float32 or x.ndim < max(1, self.lookup.min_rank):
+            return self.lookup(self.fallback(x))
+        out = np.empty(x.shape, self.lookup.table.dtype)
+        _quantize_lookup(np.ascontiguousarray(x).reshape(-1), self.scale, self.zero_point,
+                         self.lookup.table, out.reshape(-1))
+        return out
+
+
+class QuantizeDequantize:
+    """QuantizeLinear (per tensor, uint8) whose only reader is a DequantizeLinear (per tensor):
+    float32 in, float32 out, in one pass; other input types take the two kernels."""
+
+    def __init__(self, scale, zero_point, out_scale, out_zero_point, fallback_q, fallback_dq):
+        self.args = (np.float32(scale), np.int32(zero_point), np.float32(out_scale), np.int32(out_zero_point))
+        self.fallback_q, self.fallback_dq = fallback_q, fallback_dq
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.dtype != np.float32 or not x.ndim:
+            return self.fallback_dq(self.fallback_q(x))
+        out = np.empty(x.shape, np.float32)
+        _quantize_dequantize(np.ascontiguousarray(x).reshape(-1), *self.args, out.reshape(-1))
+        return out
 
 
 @numba.jit(nopython=True, nogil=True, cache=True)
@@ -349,6 +544,81 @@ def dequantize(q: np.ndarray, scale: np.float32, zero_point: np.int32) -> np.nda
     out = np.empty(q.shape, np.float32)
     _dequantize(np.ascontiguousarray(q).reshape(-1), scale, zero_point, out.reshape(-1))
     return out
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _layer_norm_uint8(q, in_scale, in_zero_point, gamma, beta, epsilon, out_scale, out_zero_point, out):
+    """DequantizeLinear → LayerNormalization → QuantizeLinear row by row, through float32 row
+    buffers and the very kernels of the three steps: the same values as running them apart."""
+    n = q.shape[1]
+    x = np.empty(n, np.float32)
+    y = np.empty(n, np.float32)
+    for r in range(q.shape[0]):
+        _dequantize(q[r], in_scale, in_zero_point, x)
+        mean, var = numba_fp32._row_moments(x)
+        inv_std = 1.0 / np.sqrt(var + epsilon)
+        numba_fp32._normalize_row(x, mean, inv_std, gamma, beta, y)
+        _quantize_uint8(y, out_scale, out_zero_point, out[r])
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _softmax_uint8(q, in_scale, in_zero_point, out_scale, out_zero_point, out):
+    """DequantizeLinear → Softmax (last axis) → QuantizeLinear row by row, through float32 row
+    buffers and the kernels of the three steps: the same values as running them apart."""
+    n = q.shape[1]
+    x = np.empty(n, np.float32)
+    y = np.empty(n, np.float32)
+    for r in range(q.shape[0]):
+        _dequantize(q[r], in_scale, in_zero_point, x)
+        numba_fp32._softmax_row(x, y)
+        _quantize_uint8(y, out_scale, out_zero_point, out[r])
+
+
+class QuantizedSoftmax:
+    """A lowered ``DQ → Softmax (last axis, float32) → Q``, per-tensor uint8 both sides: one pass
+    over uint8 rows; ``fallback`` (the three kernels) for inputs the compiled path does not take."""
+
+    def __init__(self, in_scale, in_zero_point, out_scale, out_zero_point, fallback):
+        self.args_in = (np.float32(in_scale), np.int32(in_zero_point))
+        self.args_out = (np.float32(out_scale), np.int32(out_zero_point))
+        self.fallback = fallback
+
+    def __call__(self, q):
+        if q.dtype != np.uint8 or not q.ndim or not q.size:
+            return self.fallback(q)
+        n = q.shape[-1]
+        out = np.empty(q.shape, np.uint8)
+        _softmax_uint8(np.ascontiguousarray(q).reshape(-1, n), *self.args_in, *self.args_out, out.reshape(-1, n))
+        return out
+
+
+class QuantizedLayerNorm:
+    """A lowered ``DQ → LayerNormalization → Q`` (per-tensor uint8 on both sides, float32): one
+    pass over uint8 rows instead of three steps and two float32 tensors. ``float_kernel``: the
+    node's own kernel, for inputs the compiled path does not take."""
+
+    def __init__(self, axis: int, epsilon: float, in_scale, in_zero_point, out_scale, out_zero_point,
+                 float_kernel, dequantize_kernel, quantize_kernel):
+        self.axis, self.epsilon = axis, float(epsilon)
+        self.args_in = (np.float32(in_scale), np.int32(in_zero_point))
+        self.args_out = (np.float32(out_scale), np.int32(out_zero_point))
+        self.float_kernel, self.dequantize_kernel, self.quantize_kernel = float_kernel, dequantize_kernel, quantize_kernel
+
+    def __call__(self, q, scale, bias=None):
+        axis = self.axis + q.ndim if self.axis < 0 else self.axis
+        tail = q.shape[axis:]
+        if (q.dtype != np.uint8 or np.asarray(scale).dtype != np.float32 or not q.ndim or not 0 <= axis < q.ndim
+                or not q.size or np.shape(scale) != tail or (bias is not None and (np.shape(bias) != tail
+                                                                                   or bias.dtype != np.float32))):
+            y = self.float_kernel(self.dequantize_kernel(q), scale, bias)
+            return self.quantize_kernel(y[0] if isinstance(y, tuple) else y)
+        n = math.prod(tail)
+        gamma = np.ascontiguousarray(scale).reshape(-1)
+        beta = np.zeros(n, np.float32) if bias is None else np.ascontiguousarray(bias).reshape(-1)
+        out = np.empty(q.shape, np.uint8)
+        _layer_norm_uint8(np.ascontiguousarray(q).reshape(-1, n), *self.args_in, gamma, beta, self.epsilon,
+                          *self.args_out, out.reshape(-1, n))
+        return out
 
 
 class GemmWeights:

@@ -28,6 +28,13 @@ Rules:
    LOOKUP_TABLE_OPS), per-tensor uint8: a 256-entry table made at session creation by running the
    op on the 256 dequantized levels, the same float computation the nodes do one value at a time.
 9. Never lower when an intermediate tensor of the group is a graph output or has other consumers.
+10. ``DQ → Add/Sub/Mul/Div by a float32 constant scalar → Q`` is a lookup table too (rule 8).
+11. After lowering, steps that each map one uint8 value compose (:func:`_compose_tables`): a
+    lookup of a lookup is one table, and an Int8Add/Int8Mul of two functions of one tensor
+    (HardSwish as ``x * clip(x + 3, 0, 6) / 6``) is a table on that tensor. Then a tensor read
+    only by the next step lets the two run as one pass (:func:`_fuse_quantize_edges`): lookup →
+    DQ (a float32 table), Q → lookup, Q → DQ; and ``DQ → LayerNormalization|Softmax → Q``
+    runs on uint8 rows (:func:`_fuse_layer_norms`). Each computes the values the separate steps compute.
 
 The DequantizeLinear nodes stay in the graph; those left without consumers are dropped later.
 """
@@ -46,6 +53,8 @@ UINT8_TRANSPARENT = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "U
                      "Resize", "Identity"}
 LOOKUP_TABLE_OPS = {"Sigmoid", "Tanh", "Relu", "LeakyRelu", "HardSigmoid", "HardSwish", "Gelu", "Erf",
                     "Exp", "Log", "Sqrt", "Neg", "Abs", "Reciprocal", "Clip"}
+# binary float ops that, with a float32 constant scalar second operand, are a function of the first
+SCALAR_OPERAND_OPS = {"Add", "Sub", "Mul", "Div"}
 
 
 @dataclasses.dataclass
@@ -194,20 +203,23 @@ def _scalar_operand_table(g: _Graph, node: NodeSpec, a, b, int8_binary) -> Lower
     table = (int8_binary(values[0], levels) if constant[0] else int8_binary(levels, values[1])).reshape(-1)
     x = b if constant[0] else a
     out = g.sole_consumer(node.outputs[0])
-
-    def int8_scalar_operand(xq):
-        if not xq.ndim:  # a scalar would take the constant's shape (1,)
-            return int8_binary(values[0], xq) if constant[0] else int8_binary(xq, values[1])
-        return int8.lookup(xq, table)
+    # a rank-0 operand takes the constant's shape (1,) when it has one
+    lookup = int8.TableLookup(table, min_rank=values[0 if constant[0] else 1].ndim)
     spec = NodeSpec(name=node.name, op_type=f"Int8{node.op_type}", inputs=[x[0]], outputs=[out.outputs[0]],
                     attrs={}, consts=[g.const(x[0])], opset=node.opset, threads=node.threads)
-    return LoweredGroup(spec, int8_scalar_operand, [node, out])
+    return LoweredGroup(spec, lookup, [node, out])
 
 
 def _lower_between_qdq(g: _Graph, node: NodeSpec) -> LoweredGroup | None:
     """``DQ → op → Q`` for an op that moves values (rule 7) or maps each value alone (rule 8)."""
-    if node.op_type not in UINT8_TRANSPARENT and node.op_type not in LOOKUP_TABLE_OPS:
+    scalar_operand = node.op_type in SCALAR_OPERAND_OPS
+    if node.op_type not in UINT8_TRANSPARENT and node.op_type not in LOOKUP_TABLE_OPS and not scalar_operand:
         return None
+    if scalar_operand:
+        # DQ(x) op c → Q with c a float32 constant scalar (not quantized): a function of x alone
+        c = g.const(node.inputs[1]) if len(node.inputs) == 2 else None
+        if c is None or c.size != 1 or c.dtype != np.float32 or c.ndim > 1:
+            return None
     x = _activation(g, g.dequantized(node.inputs[0]))
     if x is None or _zero_point_type(g, node.inputs[0]) != np.uint8 or node.num_outputs() != 1:
         return None
@@ -227,7 +239,8 @@ def _lower_between_qdq(g: _Graph, node: NodeSpec) -> LoweredGroup | None:
     table = _lookup_table(node, x, others, quantize)
     spec = NodeSpec(name=node.name, op_type=f"Int8{node.op_type}", inputs=[x[0]], outputs=[q.outputs[0]],
                     attrs={}, consts=[g.const(x[0])], opset=node.opset, threads=node.threads)
-    return LoweredGroup(spec, lambda xq: int8.lookup(xq, table), [node, q])
+    min_rank = max([v.ndim for v in others if v is not None] + [0]) if scalar_operand else 0
+    return LoweredGroup(spec, int8.TableLookup(table, min_rank), [node, q])
 
 
 def _lookup_table(node: NodeSpec, x, others, quantize) -> np.ndarray:
@@ -241,8 +254,9 @@ def _lookup_table(node: NodeSpec, x, others, quantize) -> np.ndarray:
 
 def _try_lower(g: _Graph, node: NodeSpec) -> LoweredGroup | None:
     if node.op_type in _BINARY_KERNELS:
-        return _lower_binary(g, node)
-    if node.op_type in UINT8_TRANSPARENT or node.op_type in LOOKUP_TABLE_OPS:
+        group = _lower_binary(g, node)
+        return group if group is not None else _lower_between_qdq(g, node)
+    if node.op_type in UINT8_TRANSPARENT or node.op_type in LOOKUP_TABLE_OPS or node.op_type in SCALAR_OPERAND_OPS:
         return _lower_between_qdq(g, node)
     if node.op_type == "Conv":
         channel_axis, bias_index = 0, 2
@@ -325,7 +339,197 @@ def lower_qdq(specs: list[NodeSpec], consts: dict[str, np.ndarray], graph_output
         if id(spec) in absorbed:
             continue
         result.append(groups[id(spec)].spec if id(spec) in groups else spec)
-    return result, list(groups.values())
+    made = list(groups.values())
+    result = _compose_tables(result, made, consts)
+    result = drop_unused(result, graph_outputs)
+    result = _fuse_quantize_edges(result, made, consts, graph_outputs)
+    result = _fuse_layer_norms(result, made, consts, graph_outputs)
+    return drop_unused(result, graph_outputs), made
+
+
+def _fuse_layer_norms(specs: list[NodeSpec], groups: list[LoweredGroup], consts, graph_outputs) -> list[NodeSpec]:
+    """``DQ → LayerNormalization → Q`` (per-tensor uint8 both sides, only the normalized output
+    used) and ``DQ → Softmax (last axis) → Q`` become one step on uint8 rows
+    (:class:`int8.QuantizedLayerNorm`, :class:`int8.QuantizedSoftmax`), computing what the three
+    steps compute."""
+    consumers: dict[str, list[NodeSpec]] = {}
+    producer = {}
+    for spec in specs:
+        for i in spec.inputs:
+            if i:
+                consumers.setdefault(i, []).append(spec)
+        for o in spec.outputs:
+            producer[o] = spec
+
+    def sole_reader(tensor):
+        users = consumers.get(tensor, [])
+        return users[0] if len(users) == 1 and tensor not in graph_outputs else None
+
+    removed, replacements = set(), {}
+    for spec in specs:
+        softmax = spec.op_type == "Softmax" and spec.opset >= 13 and spec.attr("axis", -1) == -1
+        if not softmax and spec.op_type != "LayerNormalization":
+            continue
+        if spec.num_outputs() != 1 or not spec.outputs[0] or spec.attr("stash_type", 1) != 1 \
+                or spec.inputs[0] in consts:
+            continue
+        dq = producer.get(spec.inputs[0])
+        q = sole_reader(spec.outputs[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or sole_reader(dq.outputs[0]) is not spec \
+                or q is None or q.op_type != "QuantizeLinear" or q.inputs[0] != spec.outputs[0]:
+            continue
+        dq_params, q_params = _per_tensor_uint8(dq, consts), _per_tensor_uint8(q, consts)
+        if dq_params is None or q_params is None or dq.inputs[0] in consts:
+            continue
+        float_kernel = OPS[spec.op_type].build(spec)
+        dequantize, quantize = OPS["DequantizeLinear"].build(dq), OPS["QuantizeLinear"].build(q)
+        dq_args, q_args = [consts[i] for i in dq.inputs[1:3]], [consts[i] for i in q.inputs[1:3]]
+        if softmax:
+            kernel = int8.QuantizedSoftmax(*dq_params, *q_params, lambda x, s=float_kernel, f=dequantize, a=dq_args,
+                                           g=quantize, b=q_args: g(s(f(x, *a)), *b))
+        else:
+            kernel = int8.QuantizedLayerNorm(
+                spec.attr("axis", -1), spec.attr("epsilon", 1e-5), *dq_params, *q_params, float_kernel,
+                lambda x, f=dequantize, a=dq_args: f(x, *a), lambda y, f=quantize, a=q_args: f(y, *a))
+        inputs = [dq.inputs[0]] + spec.inputs[1:]
+        fused = NodeSpec(name=spec.name, op_type="Int8Softmax" if softmax else "Int8LayerNorm", inputs=inputs,
+                         outputs=list(q.outputs),
+                         attrs={}, consts=[consts.get(i) if i else None for i in inputs], opset=spec.opset,
+                         threads=spec.threads)
+        groups.append(LoweredGroup(fused, kernel, [dq, spec, q]))
+        replacements[id(spec)] = fused
+        removed.update((id(dq), id(q)))
+    return [replacements.get(id(s), s) for s in specs if id(s) not in removed]
+
+
+_LEVELS = np.arange(256, dtype=np.uint8)
+
+
+def _compose_tables(specs: list[NodeSpec], groups: list[LoweredGroup], consts) -> list[NodeSpec]:
+    """Chains of lowered steps that each map one uint8 value (lookup tables, and Int8Add/Int8Mul
+    of two tensors that are both such functions of one tensor: HardSwish spelled
+    ``x * clip(x + 3, 0, 6) / 6``) become one table on the chain's source: the later tables are
+    indexed by the earlier ones, the binary kernels run once on the 256 levels. Exact by
+    construction; the intermediate steps are left for :func:`drop_unused` when nothing else
+    reads their outputs."""
+    by_spec = {id(group.spec): group for group in groups}
+    # tensor → (source tensor, table on the source's 256 levels, min_rank)
+    functions: dict[str, tuple[str, np.ndarray, int]] = {}
+
+    def function_of(tensor):
+        return functions.get(tensor, (tensor, _LEVELS, 0))
+
+    for spec in specs:
+        group = by_spec.get(id(spec))
+        if group is None or len(spec.outputs) != 1:
+            continue
+        kernel = group.kernel
+        if isinstance(kernel, int8.TableLookup) and kernel.table.dtype == np.uint8:
+            source, table, rank = function_of(spec.inputs[0])
+            composed = (source, kernel.table[table], max(rank, kernel.min_rank))
+        elif (isinstance(kernel, (int8.QLinearAdd, int8.QLinearMul)) and len(spec.inputs) == 2
+              and spec.inputs[0] not in consts and spec.inputs[1] not in consts):
+            a, b = function_of(spec.inputs[0]), function_of(spec.inputs[1])
+            if a[0] != b[0]:
+                continue
+            composed = (a[0], np.asarray(kernel(a[1], b[1]), np.uint8).reshape(-1), max(a[2], b[2]))
+        else:
+            continue
+        functions[spec.outputs[0]] = composed
+        if composed[0] != spec.inputs[0] or len(spec.inputs) != 1:
+            group.kernel = int8.TableLookup(composed[1], composed[2])
+            spec.op_type = "Int8Lookup"
+            spec.inputs, spec.consts = [composed[0]], [consts.get(composed[0])]
+    return specs
+
+
+def _per_tensor_uint8(node: NodeSpec, consts) -> tuple[np.float32, int] | None:
+    """(scale, zero point) of a Quantize/DequantizeLinear with constant per-tensor uint8
+    parameters and no type or block attributes, else None."""
+    if len(node.inputs) < 3 or node.attr("output_dtype", 0) or node.attr("block_size", 0):
+        return None
+    scale, zp = consts.get(node.inputs[1]), consts.get(node.inputs[2])
+    if scale is None or zp is None or scale.size != 1 or zp.size != 1 or zp.dtype != np.uint8 \
+            or scale.dtype != np.float32:
+        return None
+    return np.float32(scale.reshape(-1)[0]), int(zp.reshape(-1)[0])
+
+
+def _fuse_quantize_edges(specs: list[NodeSpec], groups: list[LoweredGroup], consts, graph_outputs) -> list[NodeSpec]:
+    """One pass instead of two where a tensor's only reader is the next step:
+    ``lookup → DequantizeLinear`` (a float32 table), ``QuantizeLinear → lookup`` (quantize and
+    index at once) and ``QuantizeLinear → DequantizeLinear`` (quantize and dequantize)."""
+    by_spec = {id(group.spec): group for group in groups}
+    consumers: dict[str, list[NodeSpec]] = {}
+    producer = {}
+    for spec in specs:
+        for i in spec.inputs:
+            if i:
+                consumers.setdefault(i, []).append(spec)
+        for o in spec.outputs:
+            producer[o] = spec
+
+    def sole_reader(tensor):
+        users = consumers.get(tensor, [])
+        return users[0] if len(users) == 1 and tensor not in graph_outputs else None
+
+    def lookup_of(spec):
+        group = by_spec.get(id(spec))
+        return group if group is not None and isinstance(group.kernel, int8.TableLookup) else None
+
+    removed = set()
+    # lookup → DQ: the DQ reads the lookup's input through a float table
+    for spec in specs:
+        group = lookup_of(spec)
+        reader = sole_reader(spec.outputs[0]) if group is not None and group.kernel.table.dtype == np.uint8 else None
+        params = _per_tensor_uint8(reader, consts) if reader is not None and reader.op_type == "DequantizeLinear" \
+            and reader.inputs[0] == spec.outputs[0] else None
+        if params is None:
+            continue
+        table = (group.kernel.table.astype(np.int32) - params[1]).astype(np.float32) * params[0]
+        group.kernel = int8.TableLookup(table, group.kernel.min_rank)
+        spec.outputs = list(reader.outputs)
+        spec.op_type = "Int8LookupDequantize"
+        removed.add(id(reader))
+        producer[spec.outputs[0]] = spec
+    specs = [s for s in specs if id(s) not in removed]
+    consumers = {}
+    for spec in specs:
+        for i in spec.inputs:
+            if i:
+                consumers.setdefault(i, []).append(spec)
+    # Q → lookup and Q → DQ
+    result = []
+    for spec in specs:
+        if id(spec) in removed:
+            continue
+        reader = sole_reader(spec.outputs[0]) if spec.op_type == "QuantizeLinear" and spec.inputs[0] not in consts else None
+        params = _per_tensor_uint8(spec, consts) if reader is not None and reader.inputs[0] == spec.outputs[0] else None
+        group = lookup_of(reader) if params is not None else None
+        dq = _per_tensor_uint8(reader, consts) if params is not None and reader.op_type == "DequantizeLinear" else None
+        if group is None and dq is None:
+            result.append(spec)
+            continue
+        quantize = OPS["QuantizeLinear"].build(spec)
+        scale, zp = consts[spec.inputs[1]], consts[spec.inputs[2]]
+        fallback_q = lambda x, quantize=quantize, scale=scale, zp=zp: quantize(x, scale, zp)  # noqa: E731
+        if group is not None:
+            kernel = int8.QuantizeLookup(params[0], params[1], group.kernel, fallback_q)
+            op_type = "QuantizeLookup"
+        else:
+            dequantize = OPS["DequantizeLinear"].build(reader)
+            dq_scale, dq_zp = consts[reader.inputs[1]], consts[reader.inputs[2]]
+            kernel = int8.QuantizeDequantize(params[0], params[1], dq[0], dq[1], fallback_q,
+                                             lambda q, f=dequantize, s=dq_scale, z=dq_zp: f(q, s, z))
+            op_type = "QuantizeDequantize"
+        fused = NodeSpec(name=spec.name, op_type=op_type, inputs=[spec.inputs[0]], outputs=list(reader.outputs),
+                         attrs={}, consts=[None], opset=spec.opset, threads=spec.threads)
+        new_group = LoweredGroup(fused, kernel, [spec, reader])
+        groups.append(new_group)
+        by_spec[id(fused)] = new_group
+        removed.add(id(reader))
+        result.append(fused)
+    return [s for s in result if id(s) not in removed]
 
 
 def drop_unused(specs: list[NodeSpec], graph_outputs: set[str]) -> list[NodeSpec]:

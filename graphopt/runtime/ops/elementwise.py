@@ -113,7 +113,12 @@ def build_leaky_relu(node: NodeSpec):
 @register("HardSigmoid")
 def build_hard_sigmoid(node: NodeSpec):
     alpha, beta = node.attr("alpha", 0.2), node.attr("beta", 0.5)
-    return lambda x: np.clip(x * x.dtype.type(alpha) + x.dtype.type(beta), 0, 1).astype(x.dtype, copy=False)
+
+    def hard_sigmoid(x):
+        if x.dtype in (np.float32, np.float64):
+            return numba_fp32.hard_sigmoid(x, alpha, beta)
+        return np.clip(x * x.dtype.type(alpha) + x.dtype.type(beta), 0, 1).astype(x.dtype, copy=False)
+    return hard_sigmoid
 
 
 @register("HardSwish")
@@ -136,12 +141,16 @@ def build_gelu(node: NodeSpec):
     refuse(approximate not in ("none", "tanh"), f"Gelu approximate={approximate!r}")
     if approximate == "tanh":
         def gelu_tanh(x):
+            if x.dtype in (np.float32, np.float64):
+                return numba_fp32.gelu(x, approximate=True)
             t = x.dtype.type
             inner = t(math.sqrt(2 / math.pi)) * (x + t(0.044715) * x * x * x)
             return t(0.5) * x * (t(1) + np.tanh(inner))
         return gelu_tanh
 
     def gelu(x):
+        if x.dtype in (np.float32, np.float64):
+            return numba_fp32.gelu(x)
         t = x.dtype.type
         return t(0.5) * x * (t(1) + erf(x * t(1 / math.sqrt(2))))
     return gelu
@@ -170,6 +179,8 @@ def build_softmax(node: NodeSpec):
     axis = node.attr("axis", -1 if node.opset >= 13 else 1)
 
     def softmax(x):
+        if x.dtype in (np.float32, np.float64) and x.ndim and axis in (-1, x.ndim - 1):
+            return numba_fp32.softmax_rows(x, x.size // x.shape[-1] if x.shape[-1] else 0)
         e = np.exp(x - x.max(axis=axis, keepdims=True))
         return e / e.sum(axis=axis, keepdims=True)
 
@@ -180,6 +191,8 @@ def build_softmax(node: NodeSpec):
         # before opset 13 the input is seen as a matrix [prod(dims < axis), prod(dims >= axis)]
         a = axis + x.ndim if axis < 0 else axis
         rows = int(np.prod(x.shape[:a], dtype=np.int64))
+        if x.dtype in (np.float32, np.float64) and x.size:
+            return numba_fp32.softmax_rows(x, rows)
         flat = x.reshape(rows, -1)
         e = np.exp(flat - flat.max(axis=1, keepdims=True))
         return (e / e.sum(axis=1, keepdims=True)).reshape(x.shape)

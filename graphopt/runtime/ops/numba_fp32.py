@@ -1,8 +1,12 @@
 """Numba loops for the fp32 ops where numpy makes several passes over memory.
 
 Depthwise convolution (one small filter per channel: BLAS has nothing to offer), erf (numpy
-has none) and HardSwish (one pass instead of numpy's four). Each runs on float32 and float64;
-``cache=True`` keeps the compiled code between processes.
+has none), HardSwish / HardSigmoid / per-channel affine (one pass instead of numpy's two to
+four, the same roundings), Gelu and Softmax (their exp / erf as plain arithmetic, so that LLVM
+vectorizes them: Numba would call libm's scalar functions), LayerNormalization and means over
+trailing axes (one pass per row for the statistics, float64 sums) and nearest Resize of the last
+two axes. Each runs on float32 and float64; ``cache=True`` keeps the compiled code between
+processes.
 """
 import math
 
@@ -131,4 +135,297 @@ def hard_swish(x):
     t = x.dtype.type
     out = np.empty(x.shape, x.dtype)
     _hard_swish(np.ascontiguousarray(x).reshape(-1), t(1 / 6), t(0.5), t(0), t(1), out.reshape(-1))
+    return out
+
+
+# ---- Gelu -------------------------------------------------------------------------------------
+# numpy has no erf and Numba calls libm's scalar erf/tanh (about 5 ns a value): Gelu runs on its
+# own erf instead, all arithmetic (no calls), so that LLVM vectorizes it. The erf is
+# onnxruntime's (MLAS's, after njuffa's erff): an odd polynomial below |x| = 0.921875, else
+# 1 - exp(-p(|x|)); evaluated in float64 here, so it is at least as accurate as MLAS's float32.
+
+# Gelu / Softmax arithmetic: FMA contraction allowed (a tolerance-compared float op), and numpy's
+# error model (x / 0 without a check, which would keep the loops from vectorizing)
+_GELU_JIT = dict(_JIT, fastmath={"contract"}, error_model="numpy")
+
+
+@numba.jit(inline="always", **_GELU_JIT)
+def _exp_bounded(y):
+    """exp(y) for float64 ``y`` in [-32, 32] (callers clamp): exp(y/64)**64, the inner exp by its
+    Taylor series to degree 11 (relative error < 1e-12 before the six squarings)."""
+    z = y * (1.0 / 64.0)
+    p = 1.0 + z * (1.0 + z * (1.0 / 2 + z * (1.0 / 6 + z * (1.0 / 24 + z * (1.0 / 120 + z * (
+        1.0 / 720 + z * (1.0 / 5040 + z * (1.0 / 40320 + z * (1.0 / 362880 + z * (
+            1.0 / 3628800 + z * (1.0 / 39916800)))))))))))
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    return p * p
+
+
+@numba.jit(inline="always", **_GELU_JIT)
+def _erf64(a):
+    t = abs(a)
+    s = a * a
+    small = -5.99104969e-4
+    small = small * s + 4.99339588e-3
+    small = small * s - 2.67667342e-2
+    small = small * s + 1.12818025e-1
+    small = small * s - 3.76124859e-1
+    small = small * s + 1.28379151e-1
+    small = small * a + a
+    u = t if t < 3.925 else 3.925
+    big = 1.72948930e-5
+    big = big * u - 3.83208680e-4
+    big = big * u + 3.88393435e-3
+    big = big * u - 2.42545605e-2
+    big = big * u + 1.06777847e-1
+    big = big * u + 6.34846687e-1
+    big = big * u + 1.28717512e-1
+    big = big * u + u
+    # beyond 3.925 MLAS's float32 1 - exp(...) is 1 exactly
+    e = _exp_bounded(-big)
+    big = 1.0 - e if t < 3.925 else 1.0
+    big = -big if a < 0 else big
+    return big if t >= 0.921875 else small
+
+
+@numba.jit(**_GELU_JIT)
+def _gelu_erf(x, out):
+    for i in range(x.shape[0]):
+        v = np.float64(x[i])
+        out[i] = 0.5 * v * (1.0 + _erf64(v * 0.7071067811865476))
+
+
+@numba.jit(**_GELU_JIT)
+def _gelu_tanh(x, out):
+    # 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3)
+    for i in range(x.shape[0]):
+        v = np.float64(x[i])
+        u = 0.7978845608028654 * (v + 0.044715 * v * v * v)
+        y = -2.0 * u
+        y = y if y > -32.0 else -32.0
+        y = y if y < 32.0 else 32.0
+        e = _exp_bounded(y)
+        out[i] = v / (1.0 + e)
+
+
+def gelu(x, approximate: bool = False):
+    """Gelu of float32 or float64 ``x`` in one vectorized pass (``approximate``: the tanh form)."""
+    out = np.empty(x.shape, x.dtype)
+    (_gelu_tanh if approximate else _gelu_erf)(np.ascontiguousarray(x).reshape(-1), out.reshape(-1))
+    return out
+
+
+# ---- LayerNormalization -----------------------------------------------------------------------
+@numba.jit(nopython=True, nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _row_moments(row):
+    # sums in float64 (reassociated so that they vectorize): the mean and the variance
+    total = 0.0
+    squares = 0.0
+    for i in range(row.shape[0]):
+        v = np.float64(row[i])
+        total += v
+        squares += v * v
+    mean = total / row.shape[0]
+    return mean, max(squares / row.shape[0] - mean * mean, 0.0)
+
+
+@numba.jit(**_JIT)
+def _normalize_row(row, mean, inv_std, scale, bias, out):
+    # float64 arithmetic (mean and inv_std are float64), rounded once to out's type
+    for i in range(row.shape[0]):
+        out[i] = (row[i] - mean) * inv_std * scale[i] + bias[i]
+
+
+@numba.jit(**_JIT)
+def _layer_norm(x, scale, bias, epsilon, out, means, inv_stds):
+    """Rows of ``x[rows, n]`` normalized, scaled and shifted; each row's mean and 1/std kept."""
+    for r in range(x.shape[0]):
+        mean, var = _row_moments(x[r])
+        inv_std = 1.0 / np.sqrt(var + epsilon)
+        means[r] = mean
+        inv_stds[r] = inv_std
+        _normalize_row(x[r], mean, inv_std, scale, bias, out[r])
+
+
+def layer_norm(x, scale, bias, axis: int, epsilon: float):
+    """ONNX LayerNormalization (stash type float32) over the axes from ``axis`` of float32 or
+    float64 ``x``: (y, mean, inv_std), the two statistics shaped ``x.shape[:axis] + (1,) * ...``."""
+    tail = x.shape[axis:]
+    n = math.prod(tail)
+    rows = math.prod(x.shape[:axis])
+    dtype = x.dtype
+    scale = np.asarray(scale, dtype)
+    scale = scale.reshape(-1) if scale.shape == tail else np.ascontiguousarray(np.broadcast_to(scale, tail)).reshape(-1)
+    if bias is None:
+        bias = np.zeros(n, dtype)
+    else:
+        bias = np.asarray(bias, dtype)
+        bias = bias.reshape(-1) if bias.shape == tail else np.ascontiguousarray(np.broadcast_to(bias, tail)).reshape(-1)
+    out = np.empty(x.shape, dtype)
+    stats_shape = x.shape[:axis] + (1,) * len(tail)
+    means = np.empty(stats_shape, np.float32)
+    inv_stds = np.empty(stats_shape, np.float32)
+    if rows and n:
+        _layer_norm(np.ascontiguousarray(x).reshape(rows, n), np.ascontiguousarray(scale),
+                    np.ascontiguousarray(bias), epsilon, out.reshape(rows, n), means.reshape(-1),
+                    inv_stds.reshape(-1))
+    return out, means, inv_stds
+
+
+# ---- means over trailing axes (ReduceMean over H, W; GlobalAveragePool) ------------------------
+@numba.jit(nopython=True, nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _row_means(x, out):
+    # float64 sums, reassociated so that they vectorize
+    n = x.shape[1]
+    for r in range(x.shape[0]):
+        total = 0.0
+        row = x[r]
+        for i in range(n):
+            total += row[i]
+        out[r] = total / n
+
+
+def mean_trailing(x, first_axis: int, keepdims: bool = True):
+    """Mean of float32/float64 ``x`` over the axes from ``first_axis`` on, in one pass."""
+    rows = math.prod(x.shape[:first_axis])
+    n = math.prod(x.shape[first_axis:])
+    shape = x.shape[:first_axis] + ((1,) * (x.ndim - first_axis) if keepdims else ())
+    out = np.empty(shape, x.dtype)
+    if n == 0:
+        out.fill(np.nan)
+        return out
+    if rows:
+        _row_means(np.ascontiguousarray(x).reshape(rows, n), out.reshape(-1))
+    return out
+
+
+# ---- Softmax over the last axis ---------------------------------------------------------------
+@numba.jit(inline="always", **_GELU_JIT)
+def _exp_nonpositive(y):
+    """exp(y) for float64 ``y`` <= 0 (NaN passes through, below -88 gives 0): exp(y/128)**128,
+    the inner exp by its Taylor series to degree 14 (relative error ~1e-12 after the seven
+    squarings)."""
+    z = (y if not (y < -88.0) else -88.0) * (1.0 / 128.0)
+    p = 1.0 + z * (1.0 + z * (0.5 + z * (0.16666666666666666 + z * (0.041666666666666664 + z * (0.008333333333333333 + z * (0.001388888888888889 + z * (0.0001984126984126984 + z * (2.48015873015873e-05 + z * (2.7557319223985893e-06 + z * (2.755731922398589e-07 + z * (2.505210838544172e-08 + z * (2.08767569878681e-09 + z * (1.6059043836821613e-10 + z * (1.1470745597729725e-11))))))))))))))
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    p = p * p
+    return p if not (y < -88.0) else 0.0
+
+
+@numba.jit(nopython=True, nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _sum64(row):
+    total = 0.0
+    for i in range(row.shape[0]):
+        total += row[i]
+    return total
+
+
+@numba.jit(**_GELU_JIT)
+def _softmax_rows(x, out):
+    for r in range(x.shape[0]):
+        _softmax_row(x[r], out[r])
+
+
+@numba.jit(**_GELU_JIT)
+def _softmax_row(row, dst):
+    top = -np.inf
+    for i in range(row.shape[0]):
+        v = row[i]
+        top = v if (v > top or v != v) else top
+    for i in range(row.shape[0]):  # no reduction here: the loop vectorizes
+        dst[i] = _exp_nonpositive(np.float64(row[i]) - top)
+    scale = 1.0 / _sum64(dst)
+    for i in range(row.shape[0]):
+        dst[i] = np.float64(dst[i]) * scale
+
+
+def softmax_rows(x, rows: int):
+    """Softmax of float32/float64 ``x`` seen as ``[rows, -1]`` along its rows, one compiled
+    pass per row for the max, one for exp and sum, one to scale."""
+    out = np.empty(x.shape, x.dtype)
+    if x.size:
+        _softmax_rows(np.ascontiguousarray(x).reshape(rows, -1), out.reshape(rows, -1))
+    return out
+
+
+@numba.jit(**_JIT)
+def _hard_sigmoid(x, alpha, beta, zero, one, out):
+    # numpy's clip(x * alpha + beta, 0, 1): the same roundings (no FMA), NaN passes through
+    for i in range(x.shape[0]):
+        v = x[i] * alpha + beta
+        if v < zero:
+            v = zero
+        elif v > one:
+            v = one
+        out[i] = v
+
+
+def hard_sigmoid(x, alpha: float, beta: float):
+    """HardSigmoid of float32 or float64 ``x`` in one pass."""
+    t = x.dtype.type
+    out = np.empty(x.shape, x.dtype)
+    _hard_sigmoid(np.ascontiguousarray(x).reshape(-1), t(alpha), t(beta), t(0), t(1), out.reshape(-1))
+    return out
+
+
+# ---- nearest Resize over the last two axes ----------------------------------------------------
+@numba.jit(**_JIT)
+def _nearest_2d(x, rows, columns, out):
+    """``out[p, y, j] = x[p, rows[y], columns[j]]``: each distinct source row gathered once into
+    a scratch row, then copied (a vectorized copy) to every output row that repeats it."""
+    scratch = np.empty(out.shape[2], out.dtype)
+    for p in range(x.shape[0]):
+        plane_in, plane_out = x[p], out[p]
+        last = -1
+        for y in range(out.shape[1]):
+            r = rows[y]
+            if r != last:
+                src = plane_in[r]
+                for j in range(scratch.shape[0]):
+                    scratch[j] = src[columns[j]]
+                last = r
+            dst = plane_out[y]
+            for j in range(scratch.shape[0]):
+                dst[j] = scratch[j]
+
+
+def nearest_2d(x, rows, columns):
+    """Nearest-neighbour selection over the last two axes of ``x`` (any dtype) by index vectors."""
+    out = np.empty(x.shape[:-2] + (rows.size, columns.size), x.dtype)
+    if out.size:
+        lead = math.prod(x.shape[:-2])
+        _nearest_2d(np.ascontiguousarray(x).reshape((lead,) + x.shape[-2:]), rows.astype(np.intp, copy=False),
+                    columns.astype(np.intp, copy=False), out.reshape((lead, rows.size, columns.size)))
+    return out
+
+
+# ---- per-channel affine (inference BatchNormalization) ----------------------------------------
+@numba.jit(**_JIT)
+def _channel_affine(x, a, shift, out):
+    # x * a[c] + shift[c], two roundings as numpy's two passes make them (no FMA contraction)
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            src, dst = x[n, c], out[n, c]
+            scale, offset = a[c], shift[c]
+            for i in range(src.shape[0]):
+                dst[i] = src[i] * scale + offset
+
+
+def channel_affine(x, a, shift):
+    """``x * a + shift`` with ``a``, ``shift`` one value per channel (axis 1) of float32/float64
+    ``x``, in one pass; the same values as numpy's broadcast multiply then add."""
+    out = np.empty(x.shape, x.dtype)
+    if x.size:
+        view = (x.shape[0], x.shape[1], -1)
+        _channel_affine(np.ascontiguousarray(x).reshape(view), np.ascontiguousarray(a, x.dtype),
+                        np.ascontiguousarray(shift, x.dtype), out.reshape(view))
     return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphopt.runtime.ops import NodeSpec, refuse, register
+from graphopt.runtime.ops import NodeSpec, numba_fp32, refuse, register
 
 # The opset from which each reduction takes its axes as an input instead of an attribute.
 _AXES_INPUT_SINCE = {"ReduceSum": 13, "ReduceMean": 18, "ReduceMax": 18, "ReduceMin": 18}
@@ -20,6 +20,14 @@ def _identity_value(op_type: str, dtype: np.dtype):
     return None
 
 
+def _trailing_axes(axes, ndim: int):
+    """The first axis when ``axes`` are exactly the trailing axes ``first..ndim-1``, else None."""
+    normalized = sorted(a + ndim if a < 0 else a for a in axes)
+    if normalized and normalized == list(range(normalized[0], ndim)) and normalized[0] >= 0:
+        return normalized[0]
+    return None
+
+
 def _reduce_function(op_type: str):
     def reduce_max(x, axis, keepdims):
         return np.max(x, axis=axis, keepdims=keepdims, initial=_identity_value("ReduceMax", x.dtype))
@@ -28,6 +36,10 @@ def _reduce_function(op_type: str):
         return np.min(x, axis=axis, keepdims=keepdims, initial=_identity_value("ReduceMin", x.dtype))
 
     def reduce_mean(x, axis, keepdims):
+        if axis is not None and x.dtype in (np.float32, np.float64) and x.ndim:
+            first = _trailing_axes(axis, x.ndim)
+            if first is not None:  # over H, W (an SE block): one pass over the rows
+                return numba_fp32.mean_trailing(x, first, keepdims)
         return np.mean(x, axis=axis, keepdims=keepdims).astype(x.dtype, copy=False)
 
     def reduce_sum(x, axis, keepdims):
@@ -44,9 +56,17 @@ def build_reduce(node: NodeSpec):
     function = _reduce_function(node.op_type)
     axes_from_input = node.opset >= _AXES_INPUT_SINCE[node.op_type]
 
+    attr_axes = node.attr("axes")
+    fixed_axis = tuple(int(a) for a in attr_axes) if attr_axes else None
+    constant_axes = node.const(1) if axes_from_input else None
+    if constant_axes is not None and constant_axes.size:
+        fixed_axis = tuple(int(a) for a in constant_axes.reshape(-1))
+
     def reduce(x, axes=None):
+        if fixed_axis is not None and (not axes_from_input or constant_axes is not None):
+            return np.asarray(function(x, fixed_axis, keepdims))
         if not axes_from_input:
-            axes = node.attr("axes")
+            axes = attr_axes
         if axes is None or len(axes) == 0:
             if noop_empty:
                 return x

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import onnx
 
-from graphopt.runtime.ops import NodeSpec, normalize_axis, refuse, register
+from graphopt.runtime.ops import NodeSpec, normalize_axis, numba_fp32, refuse, register
 
 # The element types the runtime computes with (ONNX TensorProto data types).
 NUMERIC_TYPES = {
@@ -98,12 +98,22 @@ def build_reshape(node: NodeSpec):
         if not allow_zero and 0 in fixed:
             fixed = None
 
+    # a plan passes the same (frozen) shape values every run: parsed dims by (bytes, input shape),
+    # a look-up instead of a few microseconds of int() per element
+    parsed: dict[tuple, tuple] = {}
+
     def reshape(x, shape):
         if fixed is not None:
             return x.reshape(fixed)
-        dims = _ints(shape)
-        if not allow_zero:
-            dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+        key = (shape.dtype.char, shape.tobytes(), x.shape) if isinstance(shape, np.ndarray) else None
+        dims = parsed.get(key) if key is not None else None
+        if dims is None:
+            dims = _ints(shape)
+            if not allow_zero:
+                dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+            dims = tuple(dims)
+            if key is not None and len(parsed) < 64:
+                parsed[key] = dims
         return x.reshape(dims)
     return reshape
 
@@ -121,7 +131,10 @@ def build_flatten(node: NodeSpec):
 @register("Transpose")
 def build_transpose(node: NodeSpec):
     perm = node.attr("perm")
-    return lambda x: np.transpose(x, perm)
+    if perm is None:
+        return lambda x: x.transpose()
+    perm = tuple(perm)
+    return lambda x: x.transpose(perm)  # the method: less dispatch than np.transpose
 
 
 def _axes_source(node: NodeSpec, since: int):
@@ -148,12 +161,19 @@ def build_squeeze(node: NodeSpec):
 def build_unsqueeze(node: NodeSpec):
     axes_of = _axes_source(node, 13)
 
+    constant_axes = node.opset < 13 or node.const(1) is not None
+    shapes: dict[tuple, list] = {}  # with constant axes: the output shape per input shape
+
     def unsqueeze(x, axes=None):
-        axes = axes_of(axes)
-        rank = x.ndim + len(axes)
-        shape = list(x.shape)
-        for a in sorted(normalize_axis(a, rank) for a in axes):
-            shape.insert(a, 1)
+        shape = shapes.get(x.shape) if constant_axes else None
+        if shape is None:
+            axes = axes_of(axes)
+            rank = x.ndim + len(axes)
+            shape = list(x.shape)
+            for a in sorted(normalize_axis(a, rank) for a in axes):
+                shape.insert(a, 1)
+            if constant_axes and len(shapes) < 64:
+                shapes[x.shape] = shape
         return x.reshape(shape)
     return unsqueeze
 
@@ -344,6 +364,7 @@ def build_resize(node: NodeSpec):
            f"Resize keep_aspect_ratio_policy={policy!r}")
     settings = (mode, coordinate_mode, nearest, node.attr("extrapolation_value", 0.0))
     attr_axes = node.attr("axes")
+    nearest_index: dict[tuple, list] = {}
 
     def resize(x, roi=None, scales=None, sizes=None):
         rank = x.ndim
@@ -362,6 +383,26 @@ def build_resize(node: NodeSpec):
         # nearest only selects values (exact on integers: a lowered uint8 Resize stays uint8);
         # interpolation and extrapolation values need floats
         selects = mode == "nearest" and coordinate_mode != "tf_crop_and_resize"
+        if selects and rank >= 2 and x.dtype.kind in "fiub" and x.dtype != np.float16 and all(
+                sizes[i] == x.shape[a] and factors[i] == 1.0 for i, a in enumerate(axes) if a < rank - 2):
+            # only the last two axes change: one compiled pass selecting rows and columns
+            # (the same indices as _resize_axis, made once per input shape and sizes), no
+            # intermediate tensor
+            key = (x.shape, tuple(sizes), tuple(factors))
+            index = nearest_index.get(key)
+            if index is not None:
+                return numba_fp32.nearest_2d(x, *index)
+            index = []
+            for axis in (rank - 2, rank - 1):
+                if axis in axes and not (sizes[axes.index(axis)] == x.shape[axis] and factors[axes.index(axis)] == 1.0):
+                    i = axes.index(axis)
+                    source = _source_coordinates(coordinate_mode, sizes[i], x.shape[axis], factors[i], None)
+                    index.append(np.clip(_NEAREST_MODES[nearest](source), 0, x.shape[axis] - 1).astype(np.intp))
+                else:
+                    index.append(np.arange(x.shape[axis], dtype=np.intp))
+            if len(nearest_index) < 16:
+                nearest_index[key] = index
+            return numba_fp32.nearest_2d(x, index[0], index[1])
         work = x if x.dtype.kind == "f" or selects else x.astype(np.float64)
         for i, axis in enumerate(axes):
             if sizes[i] == work.shape[axis] and factors[i] == 1.0 and coordinate_mode != "tf_crop_and_resize":
