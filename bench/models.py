@@ -9,8 +9,8 @@ spinning threads. Dispatch overhead per node is measured on a chain of 1,000 Add
 in a fresh process; the figure is that process's peak RSS (VmHWM, reset after the imports) minus
 its RSS before loading the model.
 
-    .venv/bin/python bench/runtime.py                   # 1 and 2 threads, all zoo models
-    .venv/bin/python bench/runtime.py --rounds 5 --models digits-cnn resnet18
+    .venv/bin/python bench/models.py                   # 1 and 2 threads, all zoo models
+    .venv/bin/python bench/models.py --rounds 5 --models digits-cnn resnet18
 """
 import argparse
 import json
@@ -179,8 +179,8 @@ def main():
               "onnxruntime": ort.__version__, "rounds": args.rounds, "warmup": args.warmup,
               "models": rows, "peak_memory": memory, "dispatch_us_per_node": dispatch}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "runtime.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "runtime.md").write_text(markdown(result))
+    (RESULTS / "models.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "models.md").write_text(markdown(result))
     print(markdown(result))
 
 
