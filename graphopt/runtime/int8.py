@@ -2,9 +2,12 @@
 
 The kernels take uint8 activations and int8 weights whose zero point is 0 (the U8S8 symmetric
 format of DESIGN.md). int8 activations join them exactly by a shift: ``a - za == (a + 128) -
-(za + 128)``. Everything else (uint8 weights, non-zero weight zero points, convolutions that are
-not 2-D) takes :func:`exact_matmul` / :func:`exact_conv`: the same integer sums computed in
-float64 on BLAS, which is exact while a sum stays below 2**53 (K up to ~10**11 for 8-bit data).
+(za + 128)``. uint8 weights with a zero point run on the same kernels as :class:`OffsetWeightConv`
+/ :class:`OffsetWeightProduct` (int8 weights plus a per-channel offset times the sums of
+``x - zx``, from one more output channel of ones). Everything else (non-zero int8 weight zero
+points, convolutions that are not 2-D) takes :func:`exact_matmul` / :func:`exact_conv`: the same
+integer sums computed in float64 on BLAS, which is exact while a sum stays below 2**53 (K up to
+~10**11 for 8-bit data).
 
 Requantization, everywhere, is onnxruntime's: ``multiplier = float32(s_x * s_w) / float32(s_y)``,
 ``q = round_half_even(float32(acc) * multiplier) + zp`` saturated to the output type.
@@ -320,13 +323,15 @@ class _Binary:
 
 class QLinearAdd(_Binary):
     """uint8 ``a + b`` requantized exactly as onnxruntime's QLinearAdd (its AVX2 kernel) does:
-    ``rint(fma(a, s_a/s_c, fma(b, s_b/s_c, zc - (s_a/s_c·za + s_b/s_c·zb))))`` in float32."""
+    ``rint(fma(a, s_a/s_c, fma(b, s_b/s_c, zc - fma(s_a/s_c, za, s_b/s_c·zb))))`` in float32."""
 
     def __init__(self, a_scale, a_zero_point, b_scale, b_zero_point, c_scale, c_zero_point):
         ratio_a = np.float32(a_scale) / np.float32(c_scale)
         ratio_b = np.float32(b_scale) / np.float32(c_scale)
-        fixed = np.float32(c_zero_point) - (np.float32(ratio_a * np.float32(a_zero_point))
-                                            + np.float32(ratio_b * np.float32(b_zero_point)))
+        # onnxruntime's C++ ``zc - (ratio_a * za + ratio_b * zb)`` is compiled with the first
+        # product fused into an FMA (ppocr-rec: -15.70829 where two roundings give -15.708282)
+        fixed = np.float32(np.float32(c_zero_point) - np.float32(
+            np.float64(ratio_a) * np.float64(a_zero_point) + np.float64(np.float32(ratio_b * np.float32(b_zero_point)))))
         self.constants = (np.float64(ratio_a), np.float64(ratio_b), np.float64(fixed))
         self.constants32 = (ratio_a, ratio_b, fixed)
         self.fma_exact = self._fma_matches()
@@ -372,7 +377,8 @@ class QLinearAdd(_Binary):
 def _qlinear_mul_run(a, a_zero_point, b, b_zero_point, ratio, c_zero_point, out):
     for i in range(out.shape[0]):
         product = (np.int32(a[i]) - a_zero_point) * (np.int32(b[i]) - b_zero_point)
-        value = np.rint(np.float32(product) * ratio) + c_zero_point
+        # the zero point is added in float32 before rounding, as onnxruntime's kernel does
+        value = np.rint(np.float32(product) * ratio + c_zero_point)
         out[i] = np.uint8(min(max(value, np.float32(0)), np.float32(255)))
 
 
@@ -387,7 +393,7 @@ def _qlinear_mul(a, a_zero_point, b, b_zero_point, ratio, c_zero_point, out):
 def _qlinear_mul_scaled_run(src, zero_point, factor, ratio, c_zero_point, out):
     for i in range(out.shape[0]):
         product = (np.int32(src[i]) - zero_point) * factor
-        value = np.rint(np.float32(product) * ratio) + c_zero_point
+        value = np.rint(np.float32(product) * ratio + c_zero_point)
         out[i] = np.uint8(min(max(value, np.float32(0)), np.float32(255)))
 
 
@@ -404,7 +410,8 @@ def _qlinear_mul_channel(a, a_zero_point, b, b_zero_point, ratio, c_zero_point, 
 
 class QLinearMul(_Binary):
     """uint8 ``a * b`` requantized as onnxruntime's QLinearMul (its SSE2 kernel) does:
-    ``rint(float32((a - za)(b - zb)) * (s_a·s_b/s_c)) + zc``, the ratio in float32."""
+    ``rint(float32((a - za)(b - zb)) * (s_a·s_b/s_c) + zc)``, the ratio in float32 and the zero
+    point added before rounding (``rint(v) + zc`` differs where ``v + zc`` rounds to a tie)."""
 
     def __init__(self, a_scale, a_zero_point, b_scale, b_zero_point, c_scale, c_zero_point):
         ratio = np.float32(np.float32(a_scale) * np.float32(b_scale)) / np.float32(c_scale)
@@ -710,3 +717,274 @@ class PreparedConv:
         return kernels.PreparedConv(packed, x_zero_point, stride=tuple(strides),
                                     padding=(begin[0], begin[1], end[0], end[1]),
                                     dilation=tuple(dilations), threads=threads, **self.epilogue)
+
+
+# --- weights that int8 does not hold as they are (uint8, zero point zw): see OffsetWeightConv ---
+
+# The exact sum of K products of two 8-bit differences, each at most 255 * 255 in magnitude,
+# fits int32 while K * 255 * 255 < 2**31.
+MAX_OFFSET_WEIGHT_K = (2 ** 31 - 1) // (255 * 255)
+
+
+def offset_weights(w: np.ndarray, zero_point, channel_axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """uint8 ``w`` with zero points ``zw`` (scalar or one per output channel) as int8 weights and
+    a per-channel int32 offset with ``w - zw == int8_weights - offset`` exactly: ``w - zw`` itself
+    where a channel's values fit int8 (offset 0), else ``w - 128`` with offset ``zw - 128`` (both
+    parts in int8's range, while ``w - zw`` spans [-255, 255])."""
+    if w.dtype != np.uint8:
+        return None
+    channels = w.shape[channel_axis]
+    zw = np.broadcast_to(np.asarray(zero_point, np.int32).reshape(-1), (channels,))
+    shape = [1] * w.ndim
+    shape[channel_axis] = channels
+    centered = w.astype(np.int32) - zw.reshape(shape)
+    others = tuple(i for i in range(w.ndim) if i != channel_axis)
+    fits = (centered.min(axis=others, initial=0) >= -128) & (centered.max(axis=others, initial=0) <= 127)
+    offset = np.where(fits, 0, zw - 128).astype(np.int32)
+    return (centered + offset.reshape(shape)).astype(np.int8), offset
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _offset_epilogue_uint8(acc, sums, sum_index, offset, bias, mult, zero_point, low, high, out):
+    """``out[b, c, p] = clamp(rint(float32(acc[b, c, p] - offset[c] * sums[b, sum_index[c], p]
+    + bias[c]) * mult[c]) + zero_point, low, high)``: :func:`requantize`'s arithmetic on the
+    corrected sums. acc ``[B, >= C, P]`` int32, sums ``[B, S, P]`` int32, read only where
+    ``offset[c]`` is not 0. Exact in int32: |acc - offset * sums| <= K * 255 * 255, which the
+    lowering keeps, bias included, below 2**31 (MAX_OFFSET_WEIGHT_K)."""
+    for b in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            m, beta, k = mult[c], bias[c], offset[c]
+            row, dst = acc[b, c], out[b, c]
+            if k != 0:
+                src = sums[b, sum_index[c]]
+                for p in range(dst.shape[0]):
+                    # numba computes in int64; the int32 cast (exact) lets LLVM vectorize at full width
+                    value = np.rint(np.float32(np.int32(row[p] - k * src[p] + beta)) * m) + zero_point
+                    dst[p] = np.uint8(np.int32(min(max(value, low), high)))
+            else:
+                for p in range(dst.shape[0]):
+                    value = np.rint(np.float32(np.int32(row[p] + beta)) * m) + zero_point
+                    dst[p] = np.uint8(np.int32(min(max(value, low), high)))
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _offset_epilogue_float(acc, sums, sum_index, offset, bias, scale, out):
+    """:func:`_offset_epilogue_uint8`'s sums scaled to float32: ``float32(sum) * scale[c]``."""
+    for b in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            s, beta, k = scale[c], bias[c], offset[c]
+            row, dst = acc[b, c], out[b, c]
+            if k != 0:
+                src = sums[b, sum_index[c]]
+                for p in range(dst.shape[0]):
+                    dst[p] = np.float32(np.int32(row[p] - k * src[p] + beta)) * s
+            else:
+                for p in range(dst.shape[0]):
+                    dst[p] = np.float32(np.int32(row[p] + beta)) * s
+
+
+class _OffsetEpilogue:
+    """The epilogue of the offset-weight steps, per output channel: ``offset`` (see
+    :func:`offset_weights`) times the sums at ``sum_index``, an int32 ``bias`` (or None), then
+    onnxruntime's requantization to uint8 (multiplier ``float32(s_x * s_w) / s_y``, quantized
+    clamp ``low..high`` for a fused Relu/Clip) when ``quantize`` = (scale, zero point), else
+    float32 ``sum * s_x * s_w``."""
+
+    def __init__(self, offset, scale, bias, quantize, clamp=(0, 255), sum_index=None):
+        channels = len(scale)
+        self.offset = np.broadcast_to(np.asarray(offset, np.int32), (channels,)).copy()
+        self.sum_index = np.zeros(channels, np.int32) if sum_index is None else np.asarray(sum_index, np.int32)
+        self.scale = np.asarray(scale, np.float32).reshape(-1)
+        self.bias = np.zeros(channels, np.int32) if bias is None else \
+            np.broadcast_to(np.asarray(bias, np.int32).reshape(-1), (channels,)).copy()
+        self.quantize = quantize
+        self.args_q = None if quantize is None else (
+            (self.scale / np.float32(quantize[0])).astype(np.float32), np.float32(quantize[1]),
+            np.float32(clamp[0]), np.float32(clamp[1]))
+        self._no_sums = np.zeros((1, 1, 1), np.int32)
+
+    @property
+    def correct(self) -> bool:
+        return bool(np.any(self.offset))
+
+    def __call__(self, acc, sums, shape):
+        """acc ``[B, >= C, P]`` int32, sums ``[B, S, P]`` int32 (or None when every offset is 0);
+        returns ``[B, C, P]`` reshaped to ``shape``."""
+        out = np.empty((acc.shape[0], len(self.scale), acc.shape[2]),
+                       np.float32 if self.quantize is None else np.uint8)
+        if sums is None:
+            sums = self._no_sums
+        if self.quantize is None:
+            _offset_epilogue_float(acc, sums, self.sum_index, self.offset, self.bias, self.scale, out)
+        else:
+            _offset_epilogue_uint8(acc, sums, self.sum_index, self.offset, self.bias, *self.args_q, out)
+        return out.reshape(shape)
+
+
+class OffsetWeightConv:
+    """A Conv whose int8 weights ``w`` stand for ``w - offset[oc]`` (uint8 weights with any zero
+    point, made int8 by :func:`offset_weights`), with an int32 bias, in exact integers:
+
+    ``Σ (x - zx)(w - offset) = Σ (x - zx) w - offset · Σ (x - zx)`` over each output's receptive
+    field (padding is x = zx, 0 in ``x - zx``). The second sum is what one more output channel of
+    all-ones weights computes in the same kernel call (the kernel handles zx); a depthwise Conv
+    has one such sum per channel: a second depthwise call with all-ones weights on the channels
+    whose offset is not 0 (a few: most channels' ``w - zw`` fit int8). The kernel writes int32;
+    one compiled pass then applies the correction, the bias, and onnxruntime's requantization
+    (or writes float32)."""
+
+    def __init__(self, x_zero_point: int, w: np.ndarray, offset, group: int, window: Window, threads: int,
+                 scale, bias, quantize, clamp=(0, 255)):
+        oc = w.shape[0]
+        offset = np.broadcast_to(np.asarray(offset, np.int32).reshape(-1), (oc,))
+        self.out_channels, self.depthwise = oc, group > 1
+        self.subset = np.flatnonzero(offset) if self.depthwise else None
+        sum_index = np.zeros(oc, np.int32)
+        self.sums = None
+        if self.depthwise and len(self.subset):
+            sum_index[self.subset] = np.arange(len(self.subset))
+            ones = np.ones((len(self.subset),) + w.shape[1:], np.int8)
+            self.sums = PreparedConv(x_zero_point, ConvWeights(ones, len(self.subset)), window, threads)
+        elif not self.depthwise and np.any(offset):
+            w = np.concatenate([w, np.ones((1,) + w.shape[1:], np.int8)])
+        self.epilogue = _OffsetEpilogue(offset, scale, bias, quantize, clamp, sum_index)
+        self.main = PreparedConv(x_zero_point, ConvWeights(np.ascontiguousarray(w), group), window, threads)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        acc = self.main(x)
+        batch, channels, oh, ow = acc.shape
+        acc3 = acc.reshape(batch, channels, oh * ow)
+        sums = None
+        if self.sums is not None:
+            sums = self.sums(np.take(x, self.subset, axis=1)).reshape(batch, len(self.subset), oh * ow)
+        elif channels > self.out_channels:
+            sums = acc3[:, self.out_channels:]
+        return self.epilogue(acc3, sums, (batch, self.out_channels, oh, ow))
+
+
+class OffsetWeightProduct:
+    """``a[..., K] @ w[K, N]`` with int8 ``w`` standing for ``w - offset[n]`` and an int32 bias:
+    :class:`OffsetWeightConv`'s arithmetic, the row sums ``Σ_k (a - za)`` coming from one more
+    column of ones in the same product."""
+
+    def __init__(self, w: np.ndarray, offset, a_zero_point: int, a_dtype: np.dtype, threads: int,
+                 scale, bias, quantize, clamp=(0, 255)):
+        self.k, self.n = w.shape
+        self.epilogue = _OffsetEpilogue(offset, scale, bias, quantize, clamp)
+        if self.epilogue.correct:
+            w = np.concatenate([w, np.ones((self.k, 1), np.int8)], axis=1)
+        self.product = PreparedProduct(w, a_zero_point, a_dtype, threads)
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        rows = a.reshape(-1, self.k)
+        acc = self.product(rows)
+        acc3 = acc.reshape(acc.shape[0], acc.shape[1], 1)
+        sums = acc3[:, self.n:] if self.epilogue.correct else None
+        return self.epilogue(acc3, sums, a.shape[:-1] + (self.n,))
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _qlinear_average_pool2d(x, levels, kh, kw, sh, sw, top, left, include_pad, y_scale, y_zero_point, out):
+    """onnxruntime's QLinearAveragePool (NCHW, 2-D): float32 dequantized values (``levels``:
+    ``x_scale * (v - zp)`` for each uint8 v) summed over the window's taps on the input, row by
+    row, divided by the count, then ``rint(y / y_scale + y_zero_point)`` saturated.
+    x ``[N*C, H, W]``, out ``[N*C, OH, OW]``."""
+    height, width = x.shape[1], x.shape[2]
+    for c in range(x.shape[0]):
+        for ph in range(out.shape[1]):
+            h0 = ph * sh - top
+            h1 = min(h0 + kh, height)
+            h0 = max(h0, 0)
+            for pw in range(out.shape[2]):
+                w0 = pw * sw - left
+                w1 = min(w0 + kw, width)
+                w0 = max(w0, 0)
+                total = np.float32(0)
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        total += levels[x[c, h, w]]
+                count = kh * kw if include_pad else (h1 - h0) * (w1 - w0)
+                total = total / np.float32(count)
+                value = np.rint(total / y_scale + y_zero_point)
+                out[c, ph, pw] = np.uint8(min(max(value, np.float32(0)), np.float32(255)))
+
+
+class QLinearAveragePool:
+    """``DQ → AveragePool → Q`` (2-D, uint8 per tensor) as onnxruntime runs it once fused into
+    QLinearAveragePool: :func:`_qlinear_average_pool2d`. Its float rounding differs from the
+    float AveragePool's and from QuantizeLinear's (the zero point is added before rounding)."""
+
+    def __init__(self, window: Window, kernel, include_pad: bool, x_scale, x_zero_point, y_scale, y_zero_point,
+                 fallback):
+        self.window, self.kernel, self.include_pad = window, list(kernel), include_pad
+        # a window covering the whole unpadded image: onnxruntime runs QLinearGlobalAveragePool's
+        # integer arithmetic instead, not reproduced here (the separate float steps run)
+        self.fallback = fallback
+        self.levels = (np.float32(x_scale) * (np.arange(256, dtype=np.int32) - x_zero_point).astype(np.float32))
+        self.levels = self.levels.astype(np.float32)
+        self.y_scale, self.y_zero_point = np.float32(y_scale), np.float32(y_zero_point)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        kernel, strides, _, begin, end, _, out = self.window.resolve(x.shape[2:], self.kernel)
+        if list(x.shape[2:]) == list(kernel) and not any(begin) and not any(end):
+            return self.fallback(x)
+        y = np.empty(x.shape[:2] + tuple(out), np.uint8)
+        _qlinear_average_pool2d(np.ascontiguousarray(x).reshape((-1,) + x.shape[2:]), self.levels, kernel[0],
+                                kernel[1], strides[0], strides[1], begin[0], begin[1], self.include_pad,
+                                self.y_scale, self.y_zero_point, y.reshape((-1,) + tuple(out)))
+        return y
+
+
+@numba.jit(nopython=True, nogil=True, cache=True)
+def _qlinear_softmax_rows(q, table, y_scale, y_zero_point, out):
+    """onnxruntime's QLinearSoftmax (uint8) on rows: the exp table shifted so the row's maximum
+    reads entry 255, a float32 running sum, ``rint(t * y_scale / sum) + zp`` saturated at 255."""
+    n = q.shape[1]
+    for r in range(q.shape[0]):
+        top = 0
+        for i in range(n):
+            top = max(top, np.int64(q[r, i]))
+        shift = 255 - top
+        total = np.float32(0)
+        for i in range(n):
+            total += table[shift + q[r, i]]
+        for i in range(n):
+            value = np.uint32(np.rint((table[shift + q[r, i]] * y_scale) / total)) + np.uint32(y_zero_point)
+            out[r, i] = np.uint8(min(value, np.uint32(255)))
+
+
+class QLinearSoftmax:
+    """``DQ → Softmax → Q`` before opset 13 (rows of everything from ``axis`` on), uint8 per
+    tensor, as onnxruntime runs it once fused into QLinearSoftmax: a float32 table
+    ``exp((i - 255 + shift) * s_x)`` per row length (``shift`` keeps the sums finite), the output
+    scale used as ``floor(1 / s_y)``. Its values differ from the float steps' by up to one step
+    (and then by more downstream: ppocr-rec's attention). ``fallback``: the three float steps,
+    for inputs the table does not take (empty, not uint8)."""
+
+    def __init__(self, axis: int, x_scale, y_scale, y_zero_point, fallback):
+        self.axis, self.x_scale = axis, np.float32(x_scale)
+        self.y_scale = np.float32(np.floor(np.float32(1.0) / np.float32(y_scale)))
+        self.y_zero_point = np.int32(y_zero_point)
+        self.fallback = fallback
+        self._tables = {}
+
+    def _table(self, n: int) -> np.ndarray:
+        table = self._tables.get(n)
+        if table is None:
+            # float max / n in float32, the rest in double, as onnxruntime builds it
+            bit_shift = np.log(np.float64(np.float32(np.finfo(np.float32).max) / np.float32(n)))
+            bit_shift = max(0.0, bit_shift - 5.0) / np.float64(self.x_scale)
+            levels = np.arange(256, dtype=np.float64)
+            table = np.exp((levels - 255 + bit_shift) * np.float64(self.x_scale)).astype(np.float32)
+            table = self._tables[n] = np.concatenate([table, np.zeros(256, np.float32)])
+        return table
+
+    def __call__(self, q: np.ndarray) -> np.ndarray:
+        if q.dtype != np.uint8 or not q.ndim or not q.size:
+            return self.fallback(q)
+        axis = self.axis % q.ndim
+        n = math.prod(q.shape[axis:])
+        out = np.empty(q.shape, np.uint8)
+        _qlinear_softmax_rows(np.ascontiguousarray(q).reshape(-1, n), self._table(n), self.y_scale,
+                              self.y_zero_point, out.reshape(-1, n))
+        return out

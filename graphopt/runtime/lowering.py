@@ -9,7 +9,15 @@ Rules:
    tensor with zero points 0 and a per-tensor or per-output-channel scale.
 2. A bias (Conv input 2, Gemm C) must be a DequantizeLinear of a constant int32 vector: its int32
    values go to the kernel's epilogue unchanged, as onnxruntime's QLinearConv uses them.
-   A float bias, a non-default Gemm alpha/beta/transA, or a Conv that is not 2-D: no lowering.
+   A non-default Gemm alpha/beta/transA, or a Conv that is not 2-D: no lowering.
+   Weights that are uint8 with any zero point (quantize_static's output for Constant-node weights,
+   which it quantizes as activations) or a float32 constant bias take
+   :func:`_lower_offset_weights` instead (:class:`int8.OffsetWeightConv` /
+   :class:`int8.OffsetWeightProduct`): int8 weights ``w - zw`` or ``w - 128`` per channel, the
+   difference corrected with the receptive-field sums of ``x - zx`` (one more output channel of
+   ones), the float bias rounded to int32 as onnxruntime's WeightBiasQuantization does before
+   it fuses the group; exact integers and onnxruntime's requantization, as for int8 weights.
+   Groups other than 1 or depthwise, or K * 255 * 255 >= 2**31: no lowering.
 3. If the product's only consumer is a Relu or a Clip with constant bounds, whose only consumer
    is a QuantizeLinear to uint8 with constant scalar scale and zero point (or the product feeds
    that QuantizeLinear directly), the group becomes one call writing the uint8 result; the
@@ -35,6 +43,12 @@ Rules:
     only by the next step lets the two run as one pass (:func:`_fuse_quantize_edges`): lookup →
     DQ (a float32 table), Q → lookup, Q → DQ; and ``DQ → LayerNormalization|Softmax → Q``
     runs on uint8 rows (:func:`_fuse_layer_norms`). Each computes the values the separate steps compute.
+12. ``DQ → AveragePool → Q`` (2-D, uint8 per tensor) is onnxruntime's QLinearAveragePool
+    (:class:`int8.QLinearAveragePool`): float sums of the dequantized taps, the zero point added
+    before rounding; not the float steps' values.
+13. ``DQ → Softmax → Q`` before opset 13 is onnxruntime's QLinearSoftmax (:class:`int8.QLinearSoftmax`,
+    its exp table), fused before the Q → DQ edges of rule 11. From opset 13 on, rule 11's
+    Softmax step keeps the float steps' values (within one step of onnxruntime's).
 
 The DequantizeLinear nodes stay in the graph; those left without consumers are dropped later.
 """
@@ -258,6 +272,8 @@ def _try_lower(g: _Graph, node: NodeSpec) -> LoweredGroup | None:
         return group if group is not None else _lower_between_qdq(g, node)
     if node.op_type in UINT8_TRANSPARENT or node.op_type in LOOKUP_TABLE_OPS or node.op_type in SCALAR_OPERAND_OPS:
         return _lower_between_qdq(g, node)
+    if node.op_type == "AveragePool":
+        return _lower_average_pool(g, node)
     if node.op_type == "Conv":
         channel_axis, bias_index = 0, 2
     elif node.op_type == "Gemm":
@@ -274,12 +290,12 @@ def _try_lower(g: _Graph, node: NodeSpec) -> LoweredGroup | None:
         if y is not None:
             return _lower_activation_matmul(g, node, x, y)
     w = _weights(g, g.dequantized(node.inputs[1]), channel_axis)
-    if x is None or w is None:
+    if x is None:
         return None
-    w_int8, w_scale = w
     bias = _bias(g, node, bias_index) if bias_index is not None else None
-    if bias is False:
-        return None
+    if w is None or bias is False:
+        return _lower_offset_weights(g, node, x, channel_axis, bias_index)
+    w_int8, w_scale = w
     if node.op_type == "Conv":
         if w_int8.ndim != 4:
             return None
@@ -304,6 +320,126 @@ def _try_lower(g: _Graph, node: NodeSpec) -> LoweredGroup | None:
     spec = NodeSpec(name=node.name, op_type=f"Int8{node.op_type}", inputs=[x[0]], outputs=[out], attrs={},
                     consts=[None], opset=node.opset, threads=node.threads)
     return LoweredGroup(spec, kernel, replaced)
+
+
+def _offset_weights(g: _Graph, dq: NodeSpec | None, channel_axis: int):
+    """(int8 weights, int32 offset per output channel, float32 scale per output channel) of a
+    weight DequantizeLinear whose weights are uint8 (any zero points, per tensor or per output
+    channel: :func:`int8.offset_weights`) or int8 with zero points 0 (offset 0), or None."""
+    if dq is None or len(dq.inputs) < 2:
+        return None
+    w, scale = g.const(dq.inputs[0]), g.const(dq.inputs[1])
+    zp = g.const(dq.inputs[2]) if dq.has_input(2) else None
+    if w is None or scale is None or (dq.has_input(2) and zp is None) or w.ndim < 2 \
+            or dq.attr("block_size", 0) or scale.dtype != np.float32:
+        return None
+    channels = w.shape[channel_axis]
+    for params in (scale, zp):
+        if params is not None and params.size > 1 and (
+                dq.attr("axis", 1) % w.ndim != channel_axis or params.size != channels or params.ndim != 1):
+            return None
+    if w.dtype == np.uint8:
+        if zp is not None and zp.dtype != np.uint8:
+            return None
+        w_int8, offset = int8.offset_weights(w, 0 if zp is None else zp, channel_axis)
+    elif w.dtype == np.int8 and (zp is None or not np.any(zp)):
+        w_int8, offset = w, np.zeros(1, np.int32)
+    else:
+        return None
+    return (w_int8, np.broadcast_to(offset, (channels,)).copy(),
+            np.broadcast_to(scale.reshape(-1), (channels,)).copy())
+
+
+def _int32_bias(g: _Graph, node: NodeSpec, index: int | None, channels: int, bias_scale: np.ndarray):
+    """int32 bias values, None when absent, False when not usable: a DequantizeLinear of constant
+    int32 values (used unchanged, rule 2), or a float32 constant quantized as onnxruntime's
+    WeightBiasQuantization does before it fuses the group: ``int32(round_half_even(b /
+    float32(s_x * s_w)))``."""
+    if index is None or not node.has_input(index):
+        return None
+    values = g.const(node.inputs[index])
+    if values is None:
+        dq = g.dequantized(node.inputs[index])
+        values = g.const(dq.inputs[0]) if dq is not None else None
+        if values is None or values.dtype != np.int32 or values.ndim != 1 or values.size != channels:
+            return False
+        return values
+    if values.dtype != np.float32 or values.ndim != 1 or values.size != channels:
+        return False
+    with np.errstate(all="ignore"):
+        quotient = np.rint(values / bias_scale.astype(np.float32))
+    if not np.all(np.isfinite(quotient)) or np.any(np.abs(quotient) >= 2.0 ** 31):
+        return False
+    return quotient.astype(np.int32)
+
+
+def _lower_offset_weights(g: _Graph, node: NodeSpec, x, channel_axis: int, bias_index: int | None):
+    """Rules 1-4 for weights the int8 kernels do not take as they are (uint8 with a zero point:
+    :class:`int8.OffsetWeightConv`) and for a float32 bias, which onnxruntime quantizes to int32
+    (:func:`_int32_bias`) before running the group as QLinearConv / QLinearMatMul: the kernel's
+    int32 sums, corrected, plus the bias, requantized as onnxruntime does."""
+    w = _offset_weights(g, g.dequantized(node.inputs[1]), channel_axis)
+    if w is None:
+        return None
+    w_int8, offset, w_scale = w
+    channels = w_int8.shape[channel_axis]
+    scale = (x[1] * w_scale).astype(np.float32)
+    bias = _int32_bias(g, node, bias_index, channels, scale)
+    depth = w_int8.size // channels
+    if bias is False or depth > int8.MAX_OFFSET_WEIGHT_K:
+        return None
+    if bias is not None and np.max(np.abs(bias.astype(np.int64))) + depth * 255 * 255 >= 2 ** 31:
+        return None
+    out, quantize, relu, clip, tail = _epilogue_tail(g, node)
+    clamp = (0, 255)
+    if quantize is not None:
+        low = max(-np.inf if clip is None else clip[0], 0.0 if relu else -np.inf)
+        clamp = (int8.bound(low, quantize), int8.bound(np.inf if clip is None else clip[1], quantize))
+    epilogue = dict(scale=scale, bias=bias, quantize=quantize, clamp=clamp)
+    if node.op_type == "Conv":
+        group = node.attr("group", 1)
+        if w_int8.ndim != 4 or (group != 1 and not (w_int8.shape[1] == 1 and group == channels)):
+            return None
+        kernel = int8.OffsetWeightConv(x[2], w_int8, offset, group, Window(node, node.attr("kernel_shape")),
+                                       node.threads, **epilogue)
+    else:
+        if w_int8.ndim != 2:
+            return None
+        kernel = int8.OffsetWeightProduct(np.ascontiguousarray(w_int8.T if channel_axis == 0 else w_int8), offset,
+                                          x[2], _zero_point_type(g, node.inputs[0]), node.threads, **epilogue)
+    spec = NodeSpec(name=node.name, op_type=f"Int8{node.op_type}", inputs=[x[0]], outputs=[out], attrs={},
+                    consts=[None], opset=node.opset, threads=node.threads)
+    return LoweredGroup(spec, kernel, [node] + tail)
+
+
+def _lower_average_pool(g: _Graph, node: NodeSpec) -> LoweredGroup | None:
+    """``DQ → AveragePool → Q``, 2-D, uint8 per tensor (rule 12): onnxruntime fuses it into
+    QLinearAveragePool, whose float arithmetic (:class:`int8.QLinearAveragePool`) rounds
+    differently from the three separate steps."""
+    kernel = node.attr("kernel_shape")
+    if kernel is None or len(kernel) != 2 or node.num_outputs() != 1 or node.attr("ceil_mode", 0) \
+            or any(d != 1 for d in node.attr("dilations", [1, 1])) \
+            or node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return None
+    dq = g.dequantized(node.inputs[0])
+    x = _activation(g, dq)
+    if x is None or _zero_point_type(g, node.inputs[0]) != np.uint8 or g.const(dq.inputs[1]).dtype != np.float32:
+        return None
+    q = g.sole_consumer(node.outputs[0])
+    quantize = _quantize_params(g, q)
+    if quantize is None or g.const(q.inputs[1]).dtype != np.float32:
+        return None
+    dequantize_op, pool_op, quantize_op = (OPS[n.op_type].build(n) for n in (dq, node, q))
+    dq_args, q_args = [g.const(i) for i in dq.inputs[1:3]], [g.const(i) for i in q.inputs[1:3]]
+
+    def fallback(xq):
+        return quantize_op(pool_op(dequantize_op(xq, *dq_args)), *q_args)
+
+    kernel_step = int8.QLinearAveragePool(Window(node, kernel), kernel, bool(node.attr("count_include_pad", 0)),
+                                          x[1], x[2], quantize[0], quantize[1], fallback)
+    spec = NodeSpec(name=node.name, op_type="Int8AveragePool", inputs=[x[0]], outputs=[q.outputs[0]], attrs={},
+                    consts=[None], opset=node.opset, threads=node.threads)
+    return LoweredGroup(spec, kernel_step, [node, q])
 
 
 def _lower_activation_matmul(g: _Graph, node: NodeSpec, a, b) -> LoweredGroup:
@@ -342,16 +478,20 @@ def lower_qdq(specs: list[NodeSpec], consts: dict[str, np.ndarray], graph_output
     made = list(groups.values())
     result = _compose_tables(result, made, consts)
     result = drop_unused(result, graph_outputs)
+    # onnxruntime's QLinearSoftmax first: its Q → DQ edge must not become a QuantizeDequantize
+    result = _fuse_layer_norms(result, made, consts, graph_outputs, legacy_softmax_only=True)
     result = _fuse_quantize_edges(result, made, consts, graph_outputs)
     result = _fuse_layer_norms(result, made, consts, graph_outputs)
     return drop_unused(result, graph_outputs), made
 
 
-def _fuse_layer_norms(specs: list[NodeSpec], groups: list[LoweredGroup], consts, graph_outputs) -> list[NodeSpec]:
+def _fuse_layer_norms(specs: list[NodeSpec], groups: list[LoweredGroup], consts, graph_outputs,
+                      legacy_softmax_only: bool = False) -> list[NodeSpec]:
     """``DQ → LayerNormalization → Q`` (per-tensor uint8 both sides, only the normalized output
     used) and ``DQ → Softmax (last axis) → Q`` become one step on uint8 rows
     (:class:`int8.QuantizedLayerNorm`, :class:`int8.QuantizedSoftmax`), computing what the three
-    steps compute."""
+    steps compute. ``DQ → Softmax → Q`` before opset 13 becomes onnxruntime's QLinearSoftmax
+    (:class:`int8.QLinearSoftmax`, rule 13); ``legacy_softmax_only``: only those."""
     consumers: dict[str, list[NodeSpec]] = {}
     producer = {}
     for spec in specs:
@@ -368,7 +508,10 @@ def _fuse_layer_norms(specs: list[NodeSpec], groups: list[LoweredGroup], consts,
     removed, replacements = set(), {}
     for spec in specs:
         softmax = spec.op_type == "Softmax" and spec.opset >= 13 and spec.attr("axis", -1) == -1
-        if not softmax and spec.op_type != "LayerNormalization":
+        legacy_softmax = spec.op_type == "Softmax" and spec.opset < 13
+        if legacy_softmax_only and not legacy_softmax:
+            continue
+        if not softmax and not legacy_softmax and spec.op_type != "LayerNormalization":
             continue
         if spec.num_outputs() != 1 or not spec.outputs[0] or spec.attr("stash_type", 1) != 1 \
                 or spec.inputs[0] in consts:
@@ -384,7 +527,11 @@ def _fuse_layer_norms(specs: list[NodeSpec], groups: list[LoweredGroup], consts,
         float_kernel = OPS[spec.op_type].build(spec)
         dequantize, quantize = OPS["DequantizeLinear"].build(dq), OPS["QuantizeLinear"].build(q)
         dq_args, q_args = [consts[i] for i in dq.inputs[1:3]], [consts[i] for i in q.inputs[1:3]]
-        if softmax:
+        if legacy_softmax:
+            kernel = int8.QLinearSoftmax(spec.attr("axis", 1), dq_params[0], *q_params,
+                                         lambda x, s=float_kernel, f=dequantize, a=dq_args, g=quantize, b=q_args:
+                                         g(s(f(x, *a)), *b))
+        elif softmax:
             kernel = int8.QuantizedSoftmax(*dq_params, *q_params, lambda x, s=float_kernel, f=dequantize, a=dq_args,
                                            g=quantize, b=q_args: g(s(f(x, *a)), *b))
         else:
@@ -392,7 +539,8 @@ def _fuse_layer_norms(specs: list[NodeSpec], groups: list[LoweredGroup], consts,
                 spec.attr("axis", -1), spec.attr("epsilon", 1e-5), *dq_params, *q_params, float_kernel,
                 lambda x, f=dequantize, a=dq_args: f(x, *a), lambda y, f=quantize, a=q_args: f(y, *a))
         inputs = [dq.inputs[0]] + spec.inputs[1:]
-        fused = NodeSpec(name=spec.name, op_type="Int8Softmax" if softmax else "Int8LayerNorm", inputs=inputs,
+        fused = NodeSpec(name=spec.name, op_type="Int8Softmax" if softmax or legacy_softmax else "Int8LayerNorm",
+                         inputs=inputs,
                          outputs=list(q.outputs),
                          attrs={}, consts=[consts.get(i) if i else None for i in inputs], opset=spec.opset,
                          threads=spec.threads)
