@@ -3,6 +3,8 @@
 Kernels are compiled without -march=native so that one build runs on any x86-64; ISA-specific
 code paths carry their own target attributes (DESIGN.md, "Kernels").
 """
+import os
+
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
@@ -41,7 +43,32 @@ EXTENSIONS = [
         extra_link_args=["-fopenmp"],
         define_macros=NUMPY_MACROS,
     ),
+    Extension(
+        "graphopt.kernels._sgemm",
+        # fp32 products: packed AVX-512 FMA micro-kernels, the convolutions' implicit GEMM.
+        ["kernels/_sgemm.pyx", "kernels/sgemm.c"],
+        include_dirs=[numpy.get_include(), "kernels"],
+        depends=["kernels/sgemm.h"],
+        extra_compile_args=KERNEL_FLAGS + ["-fopenmp"],
+        extra_link_args=["-fopenmp"],
+        define_macros=NUMPY_MACROS,
+    ),
+    Extension(
+        "graphopt.kernels._dwconv",
+        # fp32 depthwise convolution (one filter per channel), AVX-512 along the output rows.
+        ["kernels/_dwconv.pyx", "kernels/dwconv_f32.c"],
+        include_dirs=[numpy.get_include(), "kernels"],
+        depends=["kernels/dwconv_f32.h"],
+        extra_compile_args=KERNEL_FLAGS + ["-fopenmp"],
+        extra_link_args=["-fopenmp"],
+        define_macros=NUMPY_MACROS,
+    ),
 ]
+
+# GRAPHOPT_BUILD_ONLY=name[,name]: build just those extensions (a kernel's edit-build-test loop).
+_ONLY = [n for n in os.environ.get("GRAPHOPT_BUILD_ONLY", "").split(",") if n]
+if _ONLY:
+    EXTENSIONS = [e for e in EXTENSIONS if e.name.rsplit(".", 1)[-1] in _ONLY]
 
 setup(
     packages=find_packages(include=["graphopt", "graphopt.*"]) + ["graphopt.kernels", "graphopt.models"],

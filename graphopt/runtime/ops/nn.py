@@ -1,5 +1,11 @@
 """Dense and convolutional ops in fp32: Conv, ConvTranspose, Gemm, MatMul, normalizations, pooling.
 
+float32 Conv (2-D, one group), Gemm and MatMul run on the compiled kernels of
+``graphopt.kernels._sgemm`` (kernels/sgemm.c): constant weights are packed once when the node is
+built, a constant bias goes into the kernel's epilogue, and a convolution is an implicit GEMM
+(no im2col matrix). What follows describes the numpy paths that serve the other cases (float64,
+other ranks, groups, weights that are not float32).
+
 Convolution is im2col (a strided window view, copied once) followed by one batched matmul on
 BLAS, split over the session's threads by :func:`matmul`; a 2-D stride-1 convolution that narrows
 the channels reads shifted views of the padded input instead, one product per tap, with no
@@ -20,6 +26,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from graphopt.kernels import glue
 from graphopt.runtime.ops import NodeSpec, normalize_axis, numba_fp32, refuse, register
+
+try:  # the compiled fp32 GEMM / implicit-GEMM convolution (kernels/sgemm.c)
+    from graphopt.kernels import _sgemm
+except ImportError:  # an unbuilt checkout: the numpy paths below serve every case
+    _sgemm = None
 
 
 
@@ -252,6 +263,9 @@ def conv_forward(x, w, bias, window: Window, group: int, threads: int = 1, taps:
     kernel, strides, dilations, begin, end, _, out = window.resolve(x.shape[2:], list(w.shape[2:]))
     batch, channels = x.shape[:2]
     oc = w.shape[0]
+    if _sgemm_conv_applies(x, w, group):
+        # weights that are not constant: packed per call (a copy of W, small next to the product)
+        return _sgemm_conv(_sgemm.PackedConv(w), bias, strides, begin, end, dilations, threads)(x)
     if (group == 1 and len(kernel) == 2 and strides == [1, 1] and _shifted_pays(channels, oc)
             and kernel != [1, 1] and x.dtype.kind == "f"):
         xp = np.ascontiguousarray(_pad_spatial(x, begin, end, 0))
@@ -276,11 +290,52 @@ def conv_forward(x, w, bias, window: Window, group: int, threads: int = 1, taps:
     return y
 
 
+def _sgemm_conv_applies(x, w, group: int) -> bool:
+    """fp32 2-D convolutions with one group run on the compiled implicit GEMM (kernels/sgemm.c)."""
+    return (_sgemm is not None and group == 1 and x.ndim == 4 and w.ndim == 4
+            and x.dtype == np.float32 and w.dtype == np.float32 and w.shape[1] == x.shape[1])
+
+
+def _sgemm_conv(packed, bias, strides, begin, end, dilations, threads: int):
+    """A :class:`_sgemm.Conv2d` for one resolved window (pads: top, left, bottom, right)."""
+    return _sgemm.Conv2d(packed, bias, (strides[0], strides[1]), (begin[0], begin[1], end[0], end[1]),
+                         (dilations[0], dilations[1]), threads=threads)
+
+
+def _build_conv_sgemm(node: NodeSpec, window: Window, const_w: np.ndarray):
+    """Constant fp32 2-D weights, one group: packed once here (the packed copy replaces the
+    weights), a prepared kernel per input shape, a constant bias fused into its epilogue."""
+    packed = _sgemm.PackedConv(const_w)
+    kernel_shape = [packed.kh, packed.kw]
+    const_bias = node.const(2) if node.has_input(2) else None
+    if const_bias is not None:
+        const_bias = np.ascontiguousarray(const_bias, dtype=np.float32).reshape(-1)
+    prepared = {}  # input shape -> Conv2d
+    threads = node.threads
+
+    def conv(x, w, bias=None):
+        if x.dtype != np.float32 or x.ndim != 4 or x.shape[1] != packed.c:
+            raise ValueError(f"Conv {node.name}: input {x.dtype} {x.shape} does not match float32 weights "
+                             f"[{packed.oc}, {packed.c}, {packed.kh}, {packed.kw}]")
+        run = prepared.get(x.shape)
+        if run is None:
+            _, strides, dilations, begin, end, _, _ = window.resolve(x.shape[2:], kernel_shape)
+            run = prepared[x.shape] = _sgemm_conv(packed, const_bias, strides, begin, end, dilations, threads)
+        y = run(x)
+        if bias is not None and const_bias is None:
+            y += bias.reshape(1, -1, 1, 1)
+        return y
+    return conv
+
+
 @register("Conv")
 def build_conv(node: NodeSpec):
     window = Window(node, node.attr("kernel_shape"))
     group = node.attr("group", 1)
     const_w = node.const(1)
+    if (_sgemm is not None and const_w is not None and const_w.dtype == np.float32 and const_w.ndim == 4
+            and group == 1):
+        return _build_conv_sgemm(node, window, const_w)
     taps = None
     if const_w is not None:
         const_w = np.ascontiguousarray(const_w)
@@ -355,11 +410,16 @@ def build_gemm(node: NodeSpec):
     trans_a, trans_b = bool(node.attr("transA", 0)), bool(node.attr("transB", 0))
     const_b = node.const(1)
     if const_b is not None:
-        # laid out [K, N] once, so that every call is one plain BLAS product
-        const_b = np.ascontiguousarray(const_b.T if trans_b else const_b)
+        # laid out [K, N] once, so that every call is one plain product
+        const_b = const_b.T if trans_b else const_b
+        if _sgemm is None or const_b.dtype != np.float32 or const_b.ndim != 2:
+            const_b = np.ascontiguousarray(const_b)
 
     const_c = node.const(2) if node.has_input(2) else None
     threads = node.threads
+    if (_sgemm is not None and const_b is not None and alpha == 1.0 and not trans_a
+            and const_b.dtype == np.float32 and const_b.ndim == 2):
+        return _build_gemm_sgemm(const_b, const_c, beta, threads)
     if const_b is not None and alpha == 1.0 and not trans_a:
         shift = None if const_c is None else np.ascontiguousarray(
             const_c * const_c.dtype.type(beta) if beta != 1.0 else const_c)
@@ -386,9 +446,70 @@ def build_gemm(node: NodeSpec):
     return gemm
 
 
+def _build_gemm_sgemm(b_kn: np.ndarray, const_c, beta: float, threads: int):
+    """Gemm with a constant fp32 B (already [K, N], maybe a transposed view): B packed once; a
+    constant C of shape [N] or [1, N] (times beta) is the kernel's per-column bias."""
+    n = b_kn.shape[1]
+    fused = shift = None
+    if const_c is not None:
+        scaled = const_c * const_c.dtype.type(beta) if beta != 1.0 else const_c
+        if scaled.size == n and scaled.ndim >= 1 and scaled.shape[-1] == n and scaled.ndim <= 2:
+            fused = np.ascontiguousarray(scaled, dtype=np.float32).reshape(-1)
+        else:
+            shift = np.ascontiguousarray(scaled)
+    product = _sgemm.Gemm(_sgemm.PackedB(b_kn), fused, threads=threads)
+
+    def gemm(a, b, c=None):
+        if a.dtype != np.float32 or a.ndim != 2:
+            raise ValueError(f"Gemm: A must be a 2-D float32 matrix, got {a.dtype} {a.shape}")
+        y = product(a)
+        if c is not None and fused is None:
+            if shift is not None:
+                y += shift
+            else:
+                y += c * c.dtype.type(beta) if beta != 1.0 else c
+        return y
+    return gemm
+
+
+def _matmul_sgemm(a, b, threads: int):
+    """fp32 ``a @ b`` of two run-time operands on the compiled kernel when their batch dims match
+    (or ``b`` is 2-D); any strides (a transposed Kᵀ is packed per tile). None otherwise."""
+    if (a.dtype != np.float32 or b.dtype != np.float32 or a.ndim < 2 or b.ndim < 2
+            or a.size == 0 or b.size == 0):
+        return None
+    m, k = a.shape[-2:]
+    if b.ndim == 2:
+        return _sgemm.sgemm(a.reshape(-1, k), b, threads=threads).reshape(a.shape[:-1] + (b.shape[1],))
+    if a.shape[:-2] != b.shape[:-2]:
+        return None
+    y = _sgemm.sgemm(a.reshape((-1, m, k)), b.reshape((-1,) + b.shape[-2:]), threads=threads)
+    return y.reshape(a.shape[:-1] + (b.shape[-1],))
+
+
 @register("MatMul")
 def build_matmul(node: NodeSpec):
-    return lambda a, b: matmul(a, b, node.threads)
+    threads = node.threads
+    const_b = node.const(1)
+    if _sgemm is not None and const_b is not None and const_b.ndim == 2 and const_b.dtype == np.float32:
+        product = _sgemm.Gemm(_sgemm.PackedB(const_b), threads=threads)
+        n = const_b.shape[1]
+
+        def matmul_packed(a, b):
+            if a.dtype != np.float32 or a.ndim == 0:
+                raise ValueError(f"MatMul: A must be float32 with at least one dim, got {a.dtype} {a.shape}")
+            if a.ndim == 1:
+                return product(a.reshape(1, -1)).reshape(n)
+            return product(a.reshape(-1, a.shape[-1])).reshape(a.shape[:-1] + (n,))
+        return matmul_packed
+
+    def matmul_any(a, b):
+        if _sgemm is not None:
+            y = _matmul_sgemm(a, b, threads)
+            if y is not None:
+                return y
+        return matmul(a, b, threads)
+    return matmul_any
 
 
 @register("BatchNormalization")
@@ -407,6 +528,9 @@ def build_batch_norm(node: NodeSpec):
 
     def batch_norm(x, scale, b, mean, var):
         a, shift = folded or affine(scale, b, mean, var)
+        if x.dtype in (np.float32, np.float64) and x.ndim >= 2 and np.size(a) == x.shape[1] == np.size(shift):
+            # one pass over x instead of numpy's two (and one temporary), the same roundings
+            return numba_fp32.channel_affine(x, np.reshape(a, -1), np.reshape(shift, -1))
         shape = (1, -1) + (1,) * (x.ndim - 2)
         return x * a.reshape(shape).astype(x.dtype) + shift.reshape(shape).astype(x.dtype)
     return batch_norm
@@ -419,6 +543,9 @@ def build_layer_norm(node: NodeSpec):
 
     def layer_norm(x, scale, bias=None):
         a = normalize_axis(axis, x.ndim)
+        if x.dtype in (np.float32, np.float64):
+            # one Numba pass per row for the statistics (float64 sums), one to normalize
+            return numba_fp32.layer_norm(x, scale, bias, a, float(epsilon))
         axes = tuple(range(a, x.ndim))
         mean = x.mean(axis=axes, keepdims=True)
         centered = x - mean
@@ -433,7 +560,11 @@ def build_layer_norm(node: NodeSpec):
 
 @register("GlobalAveragePool")
 def build_global_average_pool(node: NodeSpec):
-    return lambda x: x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)
+    def global_average_pool(x):
+        if x.dtype in (np.float32, np.float64) and x.ndim > 2:
+            return numba_fp32.mean_trailing(x, 2)  # one pass per channel, float64 sums
+        return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)
+    return global_average_pool
 
 
 @register("GlobalMaxPool")
