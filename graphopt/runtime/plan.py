@@ -52,21 +52,30 @@ def prepacked_inputs(kernel) -> tuple[int, ...]:
 FRESH_OUTPUT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
-def _in_place_tail(step: Step, constants: dict[int, np.ndarray]):
-    """An in-place version of a Relu / Clip (constant bounds) step, or None."""
+def _tail_activation(step: Step, constants: dict[int, np.ndarray]):
+    """A Relu step as ("relu",), a Clip with constant bounds as ("clip", lo, hi) (None: no
+    bound), anything else None."""
     if step.op_type == "Relu":
-        return lambda y: np.maximum(y, y.dtype.type(0), out=y)
+        return ("relu",)
     if step.op_type == "Clip" and all(i == 0 or i in constants for i in step.inputs[1:]):
         bounds = [constants.get(i) for i in step.inputs[1:3]] + [None] * (3 - len(step.inputs))
         if bounds[0] is None and bounds[1] is None:
             return None
-        return lambda y: np.clip(y, bounds[0], bounds[1], out=y)
+        return ("clip", bounds[0], bounds[1])
     return None
 
 
+def _in_place(activation):
+    """The activation applied in place on a product's fresh output array."""
+    if activation[0] == "relu":
+        return lambda y: np.maximum(y, y.dtype.type(0), out=y)
+    return lambda y: np.clip(y, activation[1], activation[2], out=y)
+
+
 def fuse_activation_tails(steps: list[Step], constants: dict[int, np.ndarray], keep: set[int]) -> list[Step]:
-    """Conv/Gemm/MatMul followed by its only reader, a Relu or a Clip, become one step that
-    applies the activation in place on the product (no second array, no second pass to allocate).
+    """Conv/Gemm/MatMul followed by its only reader, a Relu or a Clip, become one step: the
+    activation goes into the epilogue of a kernel that offers it (``kernel.fuse_activation``),
+    else is applied in place on the product (no second array to allocate).
     Before opset 11 Clip takes attributes: those nodes are left alone."""
     readers: dict[int, list[Step]] = {}
     for step in steps:
@@ -78,12 +87,15 @@ def fuse_activation_tails(steps: list[Step], constants: dict[int, np.ndarray], k
             continue
         out = step.outputs[0] if len(step.outputs) == 1 else None
         tail = readers.get(out, []) if step.op_type in FRESH_OUTPUT_OPS and out not in keep else []
-        activation = _in_place_tail(tail[0], constants) if len(tail) == 1 and tail[0].inputs[0] == out else None
+        activation = _tail_activation(tail[0], constants) if len(tail) == 1 and tail[0].inputs[0] == out else None
         if activation is None or step.multi_output or tail[0].multi_output:
             fused.append(step)
             continue
         absorbed.add(id(tail[0]))
-        fused.append(Step(step.name, step.op_type, _then(step.kernel, activation), step.inputs, tail[0].outputs, False))
+        # a compiled kernel takes the activation into its epilogue; others apply it in place after
+        epilogue = getattr(step.kernel, "fuse_activation", None)
+        kernel = epilogue(activation) if epilogue is not None else _then(step.kernel, _in_place(activation))
+        fused.append(Step(step.name, step.op_type, kernel, step.inputs, tail[0].outputs, False))
     return fused
 
 

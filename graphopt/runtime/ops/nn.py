@@ -27,10 +27,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from graphopt.kernels import glue
 from graphopt.runtime.ops import NodeSpec, normalize_axis, numba_fp32, refuse, register
 
-try:  # the compiled fp32 GEMM / implicit-GEMM convolution (kernels/sgemm.c)
-    from graphopt.kernels import _sgemm
+try:  # the compiled fp32 GEMM / implicit-GEMM convolution and depthwise convolution
+    from graphopt.kernels import _dwconv, _sgemm
 except ImportError:  # an unbuilt checkout: the numpy paths below serve every case
-    _sgemm = None
+    _dwconv = _sgemm = None
 
 
 
@@ -296,10 +296,39 @@ def _sgemm_conv_applies(x, w, group: int) -> bool:
             and x.dtype == np.float32 and w.dtype == np.float32 and w.shape[1] == x.shape[1])
 
 
-def _sgemm_conv(packed, bias, strides, begin, end, dilations, threads: int):
+def _sgemm_conv(packed, bias, strides, begin, end, dilations, threads: int, activation=None):
     """A :class:`_sgemm.Conv2d` for one resolved window (pads: top, left, bottom, right)."""
     return _sgemm.Conv2d(packed, bias, (strides[0], strides[1]), (begin[0], begin[1], end[0], end[1]),
-                         (dilations[0], dilations[1]), threads=threads)
+                         (dilations[0], dilations[1]), threads=threads, **_epilogue_args(activation))
+
+
+def _epilogue_args(activation) -> dict:
+    """Keyword arguments of the compiled kernels for an activation fused into their epilogue:
+    None, ("relu",) or ("clip", lo, hi) with None for an open bound."""
+    if activation is None:
+        return {}
+    if activation[0] == "relu":
+        return {"relu": True}
+    lo, hi = activation[1:]
+    return {"clip": (-np.inf if lo is None else float(lo), np.inf if hi is None else float(hi))}
+
+
+def _fusable(make, prepacked: tuple[int, ...]):
+    """``make(None)``, the kernel, declaring the constant inputs it packed (``prepacked_inputs``,
+    which the session then drops) and carrying ``fuse_activation(activation)``: ``make`` again,
+    with a ReLU or Clip in the kernel's epilogue (see ``plan.fuse_activation_tails``)."""
+    def build(activation):
+        kernel = make(activation)
+        kernel.prepacked_inputs = prepacked
+        kernel.fuse_activation = build
+        return kernel
+    return build(None)
+
+
+def _const_bias(node: NodeSpec):
+    """A constant Conv bias as a contiguous float32 vector, or None."""
+    bias = node.const(2) if node.has_input(2) else None
+    return None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
 
 
 def _build_conv_sgemm(node: NodeSpec, window: Window, const_w: np.ndarray):
@@ -307,25 +336,52 @@ def _build_conv_sgemm(node: NodeSpec, window: Window, const_w: np.ndarray):
     weights), a prepared kernel per input shape, a constant bias fused into its epilogue."""
     packed = _sgemm.PackedConv(const_w)
     kernel_shape = [packed.kh, packed.kw]
-    const_bias = node.const(2) if node.has_input(2) else None
-    if const_bias is not None:
-        const_bias = np.ascontiguousarray(const_bias, dtype=np.float32).reshape(-1)
-    prepared = {}  # input shape -> Conv2d
+    const_bias = _const_bias(node)
     threads = node.threads
 
-    def conv(x, w, bias=None):
-        if x.dtype != np.float32 or x.ndim != 4 or x.shape[1] != packed.c:
-            raise ValueError(f"Conv {node.name}: input {x.dtype} {x.shape} does not match float32 weights "
-                             f"[{packed.oc}, {packed.c}, {packed.kh}, {packed.kw}]")
-        run = prepared.get(x.shape)
-        if run is None:
-            _, strides, dilations, begin, end, _, _ = window.resolve(x.shape[2:], kernel_shape)
-            run = prepared[x.shape] = _sgemm_conv(packed, const_bias, strides, begin, end, dilations, threads)
-        y = run(x)
-        if bias is not None and const_bias is None:
-            y += bias.reshape(1, -1, 1, 1)
-        return y
-    return conv
+    def make(activation):
+        prepared = {}  # input shape -> Conv2d
+
+        def conv(x, w, bias=None):
+            if x.dtype != np.float32 or x.ndim != 4 or x.shape[1] != packed.c:
+                raise ValueError(f"Conv {node.name}: input {x.dtype} {x.shape} does not match float32 weights "
+                                 f"[{packed.oc}, {packed.c}, {packed.kh}, {packed.kw}]")
+            run = prepared.get(x.shape)
+            if run is None:
+                _, strides, dilations, begin, end, _, _ = window.resolve(x.shape[2:], kernel_shape)
+                run = prepared[x.shape] = _sgemm_conv(packed, const_bias, strides, begin, end, dilations,
+                                                      threads, activation)
+            return run(x)
+        return conv
+    return _fusable(make, (1, 2) if const_bias is not None else (1,))
+
+
+def _build_conv_depthwise(node: NodeSpec, window: Window, const_w: np.ndarray):
+    """Constant fp32 2-D depthwise weights (one filter per channel): the compiled AVX-512 kernel
+    (kernels/dwconv_f32.c), prepared per input shape, bias and activation in its epilogue."""
+    const_bias = _const_bias(node)
+    kernel_shape = list(const_w.shape[2:])
+    weights = np.ascontiguousarray(const_w)
+    threads = node.threads
+
+    def make(activation):
+        prepared = {}  # input shape -> PreparedDepthwise
+        kind = None if activation is None else activation[0]
+        bounds = _epilogue_args(activation).get("clip", (0.0, 6.0))
+
+        def conv(x, w, bias=None):
+            if x.dtype != np.float32 or x.ndim != 4 or x.shape[1] != weights.shape[0]:
+                raise ValueError(f"Conv {node.name}: input {x.dtype} {x.shape} does not match float32 "
+                                 f"depthwise weights {list(weights.shape)}")
+            run = prepared.get(x.shape)
+            if run is None:
+                _, strides, dilations, begin, end, _, _ = window.resolve(x.shape[2:], kernel_shape)
+                run = prepared[x.shape] = _dwconv.PreparedDepthwise(
+                    weights, const_bias, strides, (begin[0], begin[1], end[0], end[1]), dilations,
+                    activation=kind, clip=bounds)
+            return run(np.ascontiguousarray(x), threads)
+        return conv
+    return _fusable(make, (1, 2) if const_bias is not None else (1,))
 
 
 @register("Conv")
@@ -333,9 +389,14 @@ def build_conv(node: NodeSpec):
     window = Window(node, node.attr("kernel_shape"))
     group = node.attr("group", 1)
     const_w = node.const(1)
-    if (_sgemm is not None and const_w is not None and const_w.dtype == np.float32 and const_w.ndim == 4
-            and group == 1):
+    # compiled kernels: constant float32 2-D weights, and a bias absent or constant (it goes into
+    # the epilogue, before a fused activation)
+    compiled = (const_w is not None and const_w.dtype == np.float32 and const_w.ndim == 4
+                and (not node.has_input(2) or node.const(2) is not None))
+    if compiled and _sgemm is not None and group == 1:
         return _build_conv_sgemm(node, window, const_w)
+    if compiled and _dwconv is not None and group == const_w.shape[0] and const_w.shape[1] == 1:
+        return _build_conv_depthwise(node, window, const_w)
     taps = None
     if const_w is not None:
         const_w = np.ascontiguousarray(const_w)
@@ -419,7 +480,7 @@ def build_gemm(node: NodeSpec):
     threads = node.threads
     if (_sgemm is not None and const_b is not None and alpha == 1.0 and not trans_a
             and const_b.dtype == np.float32 and const_b.ndim == 2):
-        return _build_gemm_sgemm(const_b, const_c, beta, threads)
+        return _build_gemm_sgemm(const_b, const_c, beta, threads, runtime_c=node.has_input(2) and const_c is None)
     if const_b is not None and alpha == 1.0 and not trans_a:
         shift = None if const_c is None else np.ascontiguousarray(
             const_c * const_c.dtype.type(beta) if beta != 1.0 else const_c)
@@ -446,7 +507,7 @@ def build_gemm(node: NodeSpec):
     return gemm
 
 
-def _build_gemm_sgemm(b_kn: np.ndarray, const_c, beta: float, threads: int):
+def _build_gemm_sgemm(b_kn: np.ndarray, const_c, beta: float, threads: int, runtime_c: bool = False):
     """Gemm with a constant fp32 B (already [K, N], maybe a transposed view): B packed once; a
     constant C of shape [N] or [1, N] (times beta) is the kernel's per-column bias."""
     n = b_kn.shape[1]
@@ -457,19 +518,26 @@ def _build_gemm_sgemm(b_kn: np.ndarray, const_c, beta: float, threads: int):
             fused = np.ascontiguousarray(scaled, dtype=np.float32).reshape(-1)
         else:
             shift = np.ascontiguousarray(scaled)
-    product = _sgemm.Gemm(_sgemm.PackedB(b_kn), fused, threads=threads)
+    packed = _sgemm.PackedB(b_kn)
 
-    def gemm(a, b, c=None):
-        if a.dtype != np.float32 or a.ndim != 2:
-            raise ValueError(f"Gemm: A must be a 2-D float32 matrix, got {a.dtype} {a.shape}")
-        y = product(a)
-        if c is not None and fused is None:
+    def make(activation):
+        product = _sgemm.Gemm(packed, fused, threads=threads, **_epilogue_args(activation))
+
+        def gemm(a, b, c=None):
+            if a.dtype != np.float32 or a.ndim != 2:
+                raise ValueError(f"Gemm: A must be a 2-D float32 matrix, got {a.dtype} {a.shape}")
+            y = product(a)
             if shift is not None:
                 y += shift
-            else:
+            elif c is not None and fused is None:
                 y += c * c.dtype.type(beta) if beta != 1.0 else c
-        return y
-    return gemm
+            return y
+        return gemm
+    if shift is not None or runtime_c:  # C added after the product: no activation in the epilogue
+        gemm = make(None)
+        gemm.prepacked_inputs = (1, 2) if const_c is not None else (1,)
+        return gemm
+    return _fusable(make, (1, 2) if const_c is not None else (1,))
 
 
 def _matmul_sgemm(a, b, threads: int):
@@ -492,16 +560,20 @@ def build_matmul(node: NodeSpec):
     threads = node.threads
     const_b = node.const(1)
     if _sgemm is not None and const_b is not None and const_b.ndim == 2 and const_b.dtype == np.float32:
-        product = _sgemm.Gemm(_sgemm.PackedB(const_b), threads=threads)
+        packed = _sgemm.PackedB(const_b)
         n = const_b.shape[1]
 
-        def matmul_packed(a, b):
-            if a.dtype != np.float32 or a.ndim == 0:
-                raise ValueError(f"MatMul: A must be float32 with at least one dim, got {a.dtype} {a.shape}")
-            if a.ndim == 1:
-                return product(a.reshape(1, -1)).reshape(n)
-            return product(a.reshape(-1, a.shape[-1])).reshape(a.shape[:-1] + (n,))
-        return matmul_packed
+        def make(activation):
+            product = _sgemm.Gemm(packed, threads=threads, **_epilogue_args(activation))
+
+            def matmul_packed(a, b):
+                if a.dtype != np.float32 or a.ndim == 0:
+                    raise ValueError(f"MatMul: A must be float32 with at least one dim, got {a.dtype} {a.shape}")
+                if a.ndim == 1:
+                    return product(a.reshape(1, -1)).reshape(n)
+                return product(a.reshape(-1, a.shape[-1])).reshape(a.shape[:-1] + (n,))
+            return matmul_packed
+        return _fusable(make, (1,))
 
     def matmul_any(a, b):
         if _sgemm is not None:
