@@ -216,7 +216,11 @@ class Session:
         specs = self._fold_constants(specs, consts, keep_dequantize=False)
         self._build(specs, consts)
         self._plans: dict[tuple, plans.Plan] = {}
-        uses_blas = any(step.op_type in _BLAS_OPS for step in self._steps)
+        # the compiled fp32 products (which declare their packed weights) never call BLAS
+        uses_blas = any(step.op_type in _BLAS_OPS and not plans.prepacked_inputs(step.kernel)
+                        for step in self._steps)
+        self._input_names = [s.name for s in self._input_specs]
+        self._checked: set[tuple] = set()  # (dtype, shape) per input, of feeds already validated
         # setting BLAS's thread count costs ~15 us a run: only graphs that call BLAS pay it
         self._blas_limit = _single_threaded_blas() if uses_blas else contextlib.nullcontext
 
@@ -406,9 +410,13 @@ class Session:
         return value if value.base is None and value.flags.writeable else np.array(value)
 
     def _values(self, plan: plans.Plan, arrays: list[np.ndarray]) -> list:
-        values = [None] * len(self._slot_names)
-        for slot, value in plan.constants.items():
-            values[slot] = value
+        template = getattr(plan, "template", None)
+        if template is None:  # the plan's constants in their slots, made once per plan
+            template = [None] * len(self._slot_names)
+            for slot, value in plan.constants.items():
+                template[slot] = value
+            plan.template = template
+        values = template.copy()
         for slot, value in zip(self._input_slots, arrays):
             values[slot] = value
         return values
@@ -434,6 +442,17 @@ class Session:
         return values
 
     def _check_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if type(feeds) is dict and len(feeds) == len(self._input_names):
+            # fast path: arrays of the names, dtypes and shapes of feeds validated before
+            arrays = [feeds.get(name) for name in self._input_names]
+            if all(type(a) is np.ndarray for a in arrays) and \
+                    tuple((a.dtype, a.shape) for a in arrays) in self._checked:
+                return arrays
+        arrays = self._validated_feeds(feeds)
+        self._checked.add(tuple((a.dtype, a.shape) for a in arrays))
+        return arrays
+
+    def _validated_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if not isinstance(feeds, dict):
             raise InputSpecError("feeds must be a dict of input name to array")
         expected = [s.name for s in self._input_specs]
