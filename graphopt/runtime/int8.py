@@ -122,11 +122,26 @@ class ActivationProduct:
                 or b.dtype != np.uint8):
             return self._exact(a, b)
         rows, k, columns = a.shape[-2], a.shape[-1], b.shape[-1]
+        if k <= _FLOAT32_EXACT_K:
+            # the integer sums exact in float32 on BLAS: 2-3x faster than the compiled int32 loop
+            # (whose accumulators round-trip through memory) at attention's sizes
+            acc = exact_matmul_float(a, self.zero_points[0], b, self.zero_points[1])
+            return self._scaled(acc)
         acc = np.empty(a.shape[:-1] + (columns,), np.int32)
         _activation_products(a.reshape(-1, rows, k), self.zero_points[0], b.reshape(-1, k, columns),
                              self.zero_points[1], acc.reshape(-1, rows, columns))
         if self.quantize is None:
             return acc.astype(np.float32) * self.scale
+        out = np.empty(acc.shape, np.uint8)
+        _requantize_uint8(acc.reshape(-1), self.mult, np.float32(self.quantize[1]), np.float32(self.clamp[0]),
+                          np.float32(self.clamp[1]), out.reshape(-1))
+        return out
+
+    def _scaled(self, acc):
+        """Float32 integer sums to the output: requantized in one compiled pass, or scaled."""
+        if self.quantize is None:
+            acc *= self.scale
+            return acc
         out = np.empty(acc.shape, np.uint8)
         _requantize_uint8(acc.reshape(-1), self.mult, np.float32(self.quantize[1]), np.float32(self.clamp[0]),
                           np.float32(self.clamp[1]), out.reshape(-1))
@@ -554,7 +569,8 @@ def dequantize(q: np.ndarray, scale: np.float32, zero_point: np.int32) -> np.nda
 
 
 @numba.jit(nopython=True, nogil=True, cache=True)
-def _layer_norm_uint8(q, in_scale, in_zero_point, gamma, beta, epsilon, out_scale, out_zero_point, out):
+def _layer_norm_uint8(q, in_scale, in_zero_point, gamma, beta, has_bias, epsilon, out_scale, out_zero_point,
+                      out):
     """DequantizeLinear → LayerNormalization → QuantizeLinear row by row, through float32 row
     buffers and the very kernels of the three steps: the same values as running them apart."""
     n = q.shape[1]
@@ -562,9 +578,7 @@ def _layer_norm_uint8(q, in_scale, in_zero_point, gamma, beta, epsilon, out_scal
     y = np.empty(n, np.float32)
     for r in range(q.shape[0]):
         _dequantize(q[r], in_scale, in_zero_point, x)
-        mean, var = numba_fp32._row_moments(x)
-        inv_std = 1.0 / np.sqrt(var + epsilon)
-        numba_fp32._normalize_row(x, mean, inv_std, gamma, beta, y)
+        numba_fp32._layer_norm_row_f32(x, gamma, beta, has_bias, epsilon, y)
         _quantize_uint8(y, out_scale, out_zero_point, out[r])
 
 
@@ -623,8 +637,8 @@ class QuantizedLayerNorm:
         gamma = np.ascontiguousarray(scale).reshape(-1)
         beta = np.zeros(n, np.float32) if bias is None else np.ascontiguousarray(bias).reshape(-1)
         out = np.empty(q.shape, np.uint8)
-        _layer_norm_uint8(np.ascontiguousarray(q).reshape(-1, n), *self.args_in, gamma, beta, self.epsilon,
-                          *self.args_out, out.reshape(-1, n))
+        _layer_norm_uint8(np.ascontiguousarray(q).reshape(-1, n), *self.args_in, gamma, beta, bias is not None,
+                          np.float32(self.epsilon), *self.args_out, out.reshape(-1, n))
         return out
 
 
