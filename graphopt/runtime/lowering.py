@@ -492,18 +492,7 @@ def _fuse_layer_norms(specs: list[NodeSpec], groups: list[LoweredGroup], consts,
     (:class:`int8.QuantizedLayerNorm`, :class:`int8.QuantizedSoftmax`), computing what the three
     steps compute. ``DQ → Softmax → Q`` before opset 13 becomes onnxruntime's QLinearSoftmax
     (:class:`int8.QLinearSoftmax`, rule 13); ``legacy_softmax_only``: only those."""
-    consumers: dict[str, list[NodeSpec]] = {}
-    producer = {}
-    for spec in specs:
-        for i in spec.inputs:
-            if i:
-                consumers.setdefault(i, []).append(spec)
-        for o in spec.outputs:
-            producer[o] = spec
-
-    def sole_reader(tensor):
-        users = consumers.get(tensor, [])
-        return users[0] if len(users) == 1 and tensor not in graph_outputs else None
+    producer, sole_reader = _producers_and_sole_reader(specs, graph_outputs)
 
     removed, replacements = set(), {}
     for spec in specs:
@@ -603,11 +592,9 @@ def _per_tensor_uint8(node: NodeSpec, consts) -> tuple[np.float32, int] | None:
     return np.float32(scale.reshape(-1)[0]), int(zp.reshape(-1)[0])
 
 
-def _fuse_quantize_edges(specs: list[NodeSpec], groups: list[LoweredGroup], consts, graph_outputs) -> list[NodeSpec]:
-    """One pass instead of two where a tensor's only reader is the next step:
-    ``lookup → DequantizeLinear`` (a float32 table), ``QuantizeLinear → lookup`` (quantize and
-    index at once) and ``QuantizeLinear → DequantizeLinear`` (quantize and dequantize)."""
-    by_spec = {id(group.spec): group for group in groups}
+def _producers_and_sole_reader(specs: list[NodeSpec], graph_outputs):
+    """(tensor → producing spec, ``sole_reader(tensor)``: its only reader, None when it has
+    several or none or is a graph output)."""
     consumers: dict[str, list[NodeSpec]] = {}
     producer = {}
     for spec in specs:
@@ -620,6 +607,15 @@ def _fuse_quantize_edges(specs: list[NodeSpec], groups: list[LoweredGroup], cons
     def sole_reader(tensor):
         users = consumers.get(tensor, [])
         return users[0] if len(users) == 1 and tensor not in graph_outputs else None
+    return producer, sole_reader
+
+
+def _fuse_quantize_edges(specs: list[NodeSpec], groups: list[LoweredGroup], consts, graph_outputs) -> list[NodeSpec]:
+    """One pass instead of two where a tensor's only reader is the next step:
+    ``lookup → DequantizeLinear`` (a float32 table), ``QuantizeLinear → lookup`` (quantize and
+    index at once) and ``QuantizeLinear → DequantizeLinear`` (quantize and dequantize)."""
+    by_spec = {id(group.spec): group for group in groups}
+    producer, sole_reader = _producers_and_sole_reader(specs, graph_outputs)
 
     def lookup_of(spec):
         group = by_spec.get(id(spec))

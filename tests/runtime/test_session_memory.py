@@ -10,7 +10,6 @@ import weakref
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -18,19 +17,10 @@ from graphopt.errors import ModelLoadError, UnsafeExternalDataError, Unsupported
 from graphopt.runtime import Session
 from graphopt.runtime import plan as plans
 from graphopt.runtime.ops import OPS, OpDef
+from tests.runtime.test_session import _model, _ort
 from tests.test_model_io import CASES, bad_model_cases
 
 
-def _model(nodes, inputs, outputs, initializers=(), opset=17):
-    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
-
-
-def _ort(model, feeds):
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
 
 
 def _reachable_arrays(root) -> list[np.ndarray]:
