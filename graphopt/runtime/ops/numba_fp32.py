@@ -3,15 +3,19 @@
 Depthwise convolution (one small filter per channel: BLAS has nothing to offer), erf (numpy
 has none), HardSwish / HardSigmoid / per-channel affine (one pass instead of numpy's two to
 four, the same roundings), Gelu and Softmax (their exp / erf as plain arithmetic, so that LLVM
-vectorizes them: Numba would call libm's scalar functions), LayerNormalization and means over
-trailing axes (one pass per row for the statistics, float64 sums) and nearest Resize of the last
-two axes. Each runs on float32 and float64; ``cache=True`` keeps the compiled code between
-processes.
+vectorizes them: Numba would call libm's scalar functions), LayerNormalization (float32: the
+arithmetic of onnxruntime's kernel, to the bit), means over trailing axes (one pass per row,
+float64 sums) and nearest Resize of the last two axes. Each runs on float32 and float64;
+``cache=True`` keeps the compiled code between processes.
 """
 import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _JIT = dict(nopython=True, nogil=True, cache=True)
 
@@ -220,9 +224,152 @@ def gelu(x, approximate: bool = False):
 
 
 # ---- LayerNormalization -----------------------------------------------------------------------
+@intrinsic
+def _fma32(typingctx, a, b, c):
+    """Fused multiply-add of three float32 values, rounded once (LLVM's ``llvm.fma.f32``: one
+    ``vfmadd`` on FMA hardware, vectorizable)."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [f32], ir.FunctionType(f32, [f32, f32, f32]))
+        return builder.call(fn, args)
+    return sig, codegen
+
+
+def _lanes(builder, vector, count):
+    return [builder.extract_element(vector, ir.Constant(ir.IntType(32), j)) for j in range(count)]
+
+
+@intrinsic
+def _sum_lanes4_f64(typingctx, row, blocks):
+    """float64 sum of contiguous float32 ``row[:4 * blocks]`` in 4 lanes (lane j adds elements
+    4k + j in order), reduced as (l0 + l2) + (l1 + l3): MLAS's ``vcvtps2pd`` + ``vaddpd`` loop,
+    written as LLVM vectors (Numba would leave the lanes scalar, and ``reassoc`` would change the
+    order)."""
+    if not (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C" and row.dtype == types.float32):
+        return None
+    sig = types.float64(row, types.intp)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        v4f, v4d = ir.VectorType(ir.FloatType(), 4), ir.VectorType(ir.DoubleType(), 4)
+        acc = cgutils.alloca_once_value(builder, ir.Constant(v4d, None))
+        with cgutils.for_range(builder, args[1]) as loop:
+            offset = builder.mul(loop.index, ir.Constant(loop.index.type, 4))
+            v = builder.load(builder.bitcast(builder.gep(data, [offset]), v4f.as_pointer()), align=4)
+            builder.store(builder.fadd(builder.load(acc), builder.fpext(v, v4d)), acc)
+        lane = _lanes(builder, builder.load(acc), 4)
+        return builder.fadd(builder.fadd(lane[0], lane[2]), builder.fadd(lane[1], lane[3]))
+    return sig, codegen
+
+
+@intrinsic
+def _centered_squares_lanes8_f32(typingctx, row, blocks, mean):
+    """``acc = fma(x - mean, x - mean, acc)`` over contiguous float32 ``row[:8 * blocks]`` in 8
+    float32 lanes (lane j: elements 8k + j in order), reduced as ((a0 + a4) + (a2 + a6)) +
+    ((a1 + a5) + (a3 + a7)): MLAS's AVX2 ``vsubps`` + ``vfmadd`` loop and its horizontal sum."""
+    if not (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C" and row.dtype == types.float32):
+        return None
+    sig = types.float32(row, types.intp, types.float32)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        v8 = ir.VectorType(ir.FloatType(), 8)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v8, v8, v8]), "llvm.fma.v8f32")
+        means = ir.Constant(v8, None)
+        for j in range(8):
+            means = builder.insert_element(means, args[2], ir.Constant(ir.IntType(32), j))
+        acc = cgutils.alloca_once_value(builder, ir.Constant(v8, None))
+        with cgutils.for_range(builder, args[1]) as loop:
+            offset = builder.mul(loop.index, ir.Constant(loop.index.type, 8))
+            v = builder.load(builder.bitcast(builder.gep(data, [offset]), v8.as_pointer()), align=4)
+            d = builder.fsub(v, means)
+            builder.store(builder.call(fma, [d, d, builder.load(acc)]), acc)
+        a = _lanes(builder, builder.load(acc), 8)
+        return builder.fadd(builder.fadd(builder.fadd(a[0], a[4]), builder.fadd(a[2], a[6])),
+                            builder.fadd(builder.fadd(a[1], a[5]), builder.fadd(a[3], a[7])))
+    return sig, codegen
+
+
+_LN_JIT = dict(_JIT, error_model="numpy")
+
+
+@numba.jit(**_LN_JIT)
+def _layer_norm_row_f32(row, scale, bias, has_bias, epsilon, out):
+    """One float32 row normalized as onnxruntime's CPU LayerNormalization does it, to the bit:
+    returns its (mean, inv_std) as float32.
+
+    onnxruntime (1.32, x86-64 with AVX2/FMA) calls ``MlasLayerNormF32``
+    (onnxruntime/core/mlas/lib/layernorm.cpp) from ComputeJob in
+    onnxruntime/core/providers/cpu/nn/layer_norm_impl.cc. For rows of 8 or more elements that is
+    ``MlasLayerNormKernelAvx2`` (onnxruntime/core/mlas/lib/x86_64/layernorm_kernel_avx2.cpp), a
+    centered two-pass kernel:
+
+    * mean: a float64 sum in 4 lanes (lane j adds elements 4k + j), reduced as
+      (l0 + l2) + (l1 + l3), then the remaining < 4 elements in order;
+      ``mean = float32(sum / n)``;
+    * var: ``d = x - mean`` in float32, ``fma(d, d, acc)`` in 8 float32 lanes, reduced as
+      ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)); the compiler's tail handles 4 more
+      elements as unfused products added in order, then the last < 4 by fma;
+    * ``inv_std = 1 / sqrtf(var / n + epsilon)`` (float32);
+    * ``y = fma((x - mean) * inv_std, scale, bias)``, or ``(x - mean) * inv_std * scale``
+      without bias.
+
+    Rows shorter than 8 fall back to ComputeJob's scalar float32 code: Welford's
+    ``mean += delta / (h + 1); M2 += delta * (x - mean)`` (unfused), ``std = sqrtf(M2 / n +
+    epsilon)``, ``y = (x - mean) / std * scale + bias``, inv_std = 1 / std."""
+    n = row.shape[0]
+    eps = np.float32(epsilon)
+    nf = np.float32(n)
+    if n < 8:
+        mean = np.float32(0.0)
+        m2 = np.float32(0.0)
+        for h in range(n):
+            delta = row[h] - mean
+            mean = mean + delta / np.float32(h + 1)
+            m2 = m2 + delta * (row[h] - mean)
+        std = np.sqrt(m2 / nf + eps)
+        for h in range(n):
+            v = (row[h] - mean) / std * scale[h]
+            out[h] = v + bias[h] if has_bias else v
+        return mean, np.float32(1.0) / std
+    n4 = n - n % 4
+    total = _sum_lanes4_f64(row, n4 // 4)
+    for k in range(n4, n):
+        total += np.float64(row[k])
+    mean = np.float32(total / n)
+    n8 = n - n % 8
+    var = _centered_squares_lanes8_f32(row, n8 // 8, mean)
+    k = n8
+    if n - k >= 4:
+        for j in range(k, k + 4):
+            d = row[j] - mean
+            var = var + d * d
+        k += 4
+    for j in range(k, n):
+        d = row[j] - mean
+        var = _fma32(d, d, var)
+    inv_std = np.float32(1.0) / np.sqrt(var / nf + eps)
+    if has_bias:
+        for h in range(n):
+            out[h] = _fma32((row[h] - mean) * inv_std, scale[h], bias[h])
+    else:
+        for h in range(n):
+            out[h] = (row[h] - mean) * inv_std * scale[h]
+    return mean, inv_std
+
+
+@numba.jit(**_LN_JIT)
+def _layer_norm_f32(x, scale, bias, has_bias, epsilon, out, means, inv_stds):
+    """Rows of float32 ``x[rows, n]``: :func:`_layer_norm_row_f32` each."""
+    for r in range(x.shape[0]):
+        means[r], inv_stds[r] = _layer_norm_row_f32(x[r], scale, bias, has_bias, epsilon, out[r])
+
+
 @numba.jit(nopython=True, nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _row_moments(row):
-    # sums in float64 (reassociated so that they vectorize): the mean and the variance
+    # float64 rows: sums in float64 (reassociated so that they vectorize), the mean and the variance
     total = 0.0
     squares = 0.0
     for i in range(row.shape[0]):
@@ -253,13 +400,16 @@ def _layer_norm(x, scale, bias, epsilon, out, means, inv_stds):
 
 def layer_norm(x, scale, bias, axis: int, epsilon: float):
     """ONNX LayerNormalization (stash type float32) over the axes from ``axis`` of float32 or
-    float64 ``x``: (y, mean, inv_std), the two statistics shaped ``x.shape[:axis] + (1,) * ...``."""
+    float64 ``x``: (y, mean, inv_std), the two statistics shaped ``x.shape[:axis] + (1,) * ...``.
+    float32: onnxruntime's CPU arithmetic to the bit (:func:`_layer_norm_row_f32`); float64:
+    float64 moments."""
     tail = x.shape[axis:]
     n = math.prod(tail)
     rows = math.prod(x.shape[:axis])
     dtype = x.dtype
     scale = np.asarray(scale, dtype)
     scale = scale.reshape(-1) if scale.shape == tail else np.ascontiguousarray(np.broadcast_to(scale, tail)).reshape(-1)
+    has_bias = bias is not None
     if bias is None:
         bias = np.zeros(n, dtype)
     else:
@@ -270,9 +420,12 @@ def layer_norm(x, scale, bias, axis: int, epsilon: float):
     means = np.empty(stats_shape, np.float32)
     inv_stds = np.empty(stats_shape, np.float32)
     if rows and n:
-        _layer_norm(np.ascontiguousarray(x).reshape(rows, n), np.ascontiguousarray(scale),
-                    np.ascontiguousarray(bias), epsilon, out.reshape(rows, n), means.reshape(-1),
-                    inv_stds.reshape(-1))
+        args = (np.ascontiguousarray(x).reshape(rows, n), np.ascontiguousarray(scale), np.ascontiguousarray(bias))
+        if dtype == np.float32:
+            _layer_norm_f32(*args, has_bias, np.float32(epsilon), out.reshape(rows, n), means.reshape(-1),
+                            inv_stds.reshape(-1))
+        else:
+            _layer_norm(*args, epsilon, out.reshape(rows, n), means.reshape(-1), inv_stds.reshape(-1))
     return out, means, inv_stds
 
 
@@ -429,3 +582,200 @@ def channel_affine(x, a, shift):
         _channel_affine(np.ascontiguousarray(x).reshape(view), np.ascontiguousarray(a, x.dtype),
                         np.ascontiguousarray(shift, x.dtype), out.reshape(view))
     return out
+
+
+# ---- Sigmoid / SiLU (x * sigmoid(x)) ----------------------------------------------------------
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is the int32 ``bits`` (vectorizable)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return sig, codegen
+
+
+@numba.jit(inline="always", **_GELU_JIT)
+def _exp32(v):
+    """exp(v) for float32 ``v`` in float32 arithmetic (Cephes expf: within 1-2 ulp), all
+    arithmetic so that LLVM vectorizes it. ``v`` is clamped to [-87.3, 88.3] (callers need only
+    the limits: 0 and a finite huge value); NaN passes through."""
+    v = v if not (v > np.float32(88.3)) else np.float32(88.3)
+    v = v if not (v < np.float32(-87.3)) else np.float32(-87.3)
+    t = v * np.float32(1.44269504088896341) + np.float32(12582912.0)
+    n = t - np.float32(12582912.0)  # round(v / ln 2)
+    r = v - n * np.float32(0.693359375)
+    r = r - n * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * (r * r) + r + np.float32(1.0)
+    scale = _f32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+    return p * scale
+
+
+@numba.jit(**_GELU_JIT)
+def _sigmoid32(x, out):
+    for i in range(x.shape[0]):
+        out[i] = np.float32(1.0) / (np.float32(1.0) + _exp32(-x[i]))
+
+
+@numba.jit(**_GELU_JIT)
+def _silu32(x, out):
+    # x * sigmoid(x), the two roundings of a Sigmoid node then a Mul node
+    for i in range(x.shape[0]):
+        v = x[i]
+        out[i] = v * (np.float32(1.0) / (np.float32(1.0) + _exp32(-v)))
+
+
+@numba.jit(**_GELU_JIT)
+def _silu32_in_place(x):
+    # one array: a loop writing where it reads through a second argument would not vectorize
+    for i in range(x.shape[0]):
+        v = x[i]
+        x[i] = v * (np.float32(1.0) / (np.float32(1.0) + _exp32(-v)))
+
+
+def sigmoid(x, out=None):
+    """Sigmoid of float32 ``x`` in one vectorized pass (float32 exp)."""
+    if out is None:
+        out = np.empty(x.shape, np.float32)
+    _sigmoid32(np.ascontiguousarray(x).reshape(-1), out.reshape(-1))
+    return out
+
+
+def silu(x, out=None):
+    """``x * sigmoid(x)`` of float32 ``x`` in one pass; ``out`` may be ``x`` (in place)."""
+    if out is None:
+        out = np.empty(x.shape, np.float32)
+    _silu32(np.ascontiguousarray(x).reshape(-1), out.reshape(-1))
+    return out
+
+
+# ---- elementwise binary loops (same shapes, or the second operand one value) -------------------
+# One kernel per op, exact IEEE arithmetic as numpy's: threaded chunks give the same bits.
+@numba.jit(**_JIT)
+def _add_relu(a, b, out):
+    for i in range(out.shape[0]):
+        v = a[i] + b[i]
+        out[i] = v if not (v < 0) else 0
+
+
+@numba.jit(**_JIT)
+def _add(a, b, out):
+    for i in range(out.shape[0]):
+        out[i] = a[i] + b[i]
+
+
+@numba.jit(**_JIT)
+def _mul(a, b, out):
+    for i in range(out.shape[0]):
+        out[i] = a[i] * b[i]
+
+
+@numba.jit(**_JIT)
+def _sub(a, b, out):
+    for i in range(out.shape[0]):
+        out[i] = a[i] - b[i]
+
+
+@numba.jit(**_GELU_JIT)
+def _div(a, b, out):
+    for i in range(out.shape[0]):
+        out[i] = a[i] / b[i]
+
+
+@numba.jit(**_JIT)
+def _add_scalar(a, b, out):
+    s = b[0]
+    for i in range(out.shape[0]):
+        out[i] = a[i] + s
+
+
+@numba.jit(**_JIT)
+def _mul_scalar(a, b, out):
+    s = b[0]
+    for i in range(out.shape[0]):
+        out[i] = a[i] * s
+
+
+@numba.jit(**_JIT)
+def _sub_scalar(a, b, out):
+    s = b[0]
+    for i in range(out.shape[0]):
+        out[i] = a[i] - s
+
+
+@numba.jit(**_GELU_JIT)
+def _div_scalar(a, b, out):
+    s = b[0]
+    for i in range(out.shape[0]):
+        out[i] = a[i] / s
+
+
+@numba.jit(**_JIT)
+def _add_relu_scalar(a, b, out):
+    s = b[0]
+    for i in range(out.shape[0]):
+        v = a[i] + s
+        out[i] = v if not (v < 0) else 0
+
+
+@numba.jit(**_JIT)
+def _relu(a, out):
+    for i in range(out.shape[0]):
+        v = a[i]
+        out[i] = v if not (v < 0) else 0
+
+
+@numba.jit(**_JIT)
+def _clip(a, lo, hi, out):
+    # np.clip's order: min(max(a, lo), hi); NaN passes through
+    for i in range(out.shape[0]):
+        v = a[i]
+        v = v if not (v < lo) else lo
+        out[i] = v if not (v > hi) else hi
+
+
+@numba.jit(**_JIT)
+def _add_row(a, s, out):
+    for i in range(out.shape[0]):
+        out[i] = a[i] + s
+
+
+@numba.jit(**_JIT)
+def _mul_row(a, s, out):
+    for i in range(out.shape[0]):
+        out[i] = a[i] * s
+
+
+@numba.jit(**_JIT)
+def _sub_row(a, s, out):
+    for i in range(out.shape[0]):
+        out[i] = a[i] - s
+
+
+@numba.jit(**_GELU_JIT)
+def _div_row(a, s, out):
+    for i in range(out.shape[0]):
+        out[i] = a[i] / s
+
+
+@numba.jit(**_JIT)
+def _channels(op, a, b, first, last, out):
+    """Rows ``first:last`` of ``a`` [N*C, HW] with one value per channel ``b`` [C] (0 add,
+    1 multiply, 2 subtract, 3 divide)."""
+    channels = b.shape[0]
+    for p in range(first, last):
+        s = b[p % channels]
+        if op == 0:
+            _add_row(a[p], s, out[p])
+        elif op == 1:
+            _mul_row(a[p], s, out[p])
+        elif op == 2:
+            _sub_row(a[p], s, out[p])
+        else:
+            _div_row(a[p], s, out[p])
