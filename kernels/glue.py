@@ -4,6 +4,11 @@ Rounding follows onnxruntime's QuantizeLinear: ``x / scale`` in float32, round h
 add the zero point, saturate to [0, 255]. ``np.rint`` rounds half to even. No kernel here does int8
 dot products: those live in the compiled GEMM and depthwise kernels.
 """
+import functools
+import os
+import queue
+import threading
+
 import numba
 import numpy as np
 
@@ -186,3 +191,115 @@ def average_pool2d(x, kernel, stride=(1, 1), pads=(0, 0, 0, 0)):
     if x.dtype != np.float32:
         raise ValueError(f"average_pool2d takes float32, got {x.dtype}")
     return _pool2d(x, kernel, stride, pads, (1, 1), True)
+
+
+@numba.jit(inline="always", **_JIT)
+def _max_into(dst, src):
+    for j in range(dst.shape[0]):
+        a, b = dst[j], src[j]
+        dst[j] = a if a >= b else b
+
+
+@numba.jit(**_JIT)
+def _max_pool_planes(x, kh, kw, sh, sw, pt, pl, dh, dw, lowest, first, last, out):
+    """2-D max pooling of planes ``x[first:last]`` (``x`` [P, H, W], ``out`` [P, OH, OW]). Per
+    output row: the max over its kernel rows into a scratch row (``lowest`` in the padding), the
+    max over the kernel columns at every start, then every ``sw``-th: all but the last step
+    contiguous loops that vectorize."""
+    height, width = x.shape[1], x.shape[2]
+    oh, ow = out.shape[1], out.shape[2]
+    span = (ow - 1) * sw + (kw - 1) * dw + 1
+    scratch = np.empty(max(span, pl + width), x.dtype)
+    scratch[:] = lowest
+    row = scratch[pl:pl + width]
+    hor = np.empty((ow - 1) * sw + 1, x.dtype)
+    for p in range(first, last):
+        plane, dst_plane = x[p], out[p]
+        for y in range(oh):
+            started = False
+            for i in range(kh):
+                iy = y * sh - pt + i * dh
+                if iy < 0 or iy >= height:
+                    continue
+                if started:
+                    _max_into(row, plane[iy])
+                else:
+                    _copy_run(row, plane[iy])
+                    started = True
+            if not started:
+                row[:] = lowest
+            dst = dst_plane[y]
+            _copy_run(hor, scratch[:hor.shape[0]])
+            for j in range(1, kw):
+                _max_into(hor, scratch[j * dw:j * dw + hor.shape[0]])
+            if sw == 1:
+                _copy_run(dst, hor)
+            else:
+                for xo in range(ow):
+                    dst[xo] = hor[xo * sw]
+
+
+def max_pool2d_planes(x, kernel, stride, begin, dilation, out_hw, threads=1):
+    """ONNX MaxPool of a float32 or uint8 NCHW ``x`` to ``out_hw`` (the resolved output size,
+    ceil_mode included); ``begin`` the top / left padding (positions outside ``x`` never win), split over ``threads`` by planes."""
+    x = np.ascontiguousarray(x)
+    batch, channels, height, width = x.shape
+    planes = batch * channels
+    out = np.empty((batch, channels) + tuple(out_hw), x.dtype)
+    if out.size == 0:
+        return out
+    lowest = x.dtype.type(-np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min)
+    xv, ov = x.reshape(planes, height, width), out.reshape((planes,) + tuple(out_hw))
+    args = (xv, kernel[0], kernel[1], stride[0], stride[1], begin[0], begin[1], dilation[0], dilation[1], lowest)
+    if threads > 1 and planes >= threads and x.size >= 65536:
+        run_chunks(lambda first, last: _max_pool_planes(*args, first, last, ov), planes, threads)
+    else:
+        _max_pool_planes(*args, 0, planes, ov)
+    return out
+
+
+# ---- a lean persistent thread pool for nogil kernels over chunks ------------------------------
+# concurrent.futures costs ~20 us a submit; a SimpleQueue per worker and one per call cost a few.
+class _Workers:
+    def __init__(self, count: int):
+        self.queues = [queue.SimpleQueue() for _ in range(count)]
+        for q in self.queues:
+            threading.Thread(target=self._loop, args=(q,), daemon=True, name="graphopt-chunks").start()
+
+    @staticmethod
+    def _loop(q):
+        while True:
+            fn, first, last, done = q.get()
+            try:
+                fn(first, last)
+                done.put(None)
+            except BaseException as error:  # handed to the caller, which raises it
+                done.put(error)
+
+
+@functools.lru_cache(maxsize=None)
+def _workers(count: int, pid: int) -> _Workers:
+    """The pool of ``count`` workers of process ``pid`` (a forked child starts its own: it has
+    none of its parent's threads)."""
+    return _Workers(count)
+
+
+def run_chunks(fn, n: int, threads: int, align: int = 1) -> None:
+    """``fn(first, last)`` over ``threads`` contiguous chunks of ``range(n)`` (bounds multiples of
+    ``align``), the calling thread taking the first; returns when all are done. ``fn`` should
+    release the GIL (a ``nogil`` Numba kernel) for the chunks to run at once."""
+    bounds = [min(n, -(-(n * k // threads) // align) * align) for k in range(threads)] + [n]
+    tasks = [(bounds[k], bounds[k + 1]) for k in range(1, threads) if bounds[k] < bounds[k + 1]]
+    if not tasks:
+        fn(0, n)
+        return
+    workers, done = _workers(threads - 1, os.getpid()), queue.SimpleQueue()
+    for q, (first, last) in zip(workers.queues, tasks):
+        q.put((fn, first, last, done))
+    try:
+        fn(bounds[0], bounds[1])
+    finally:
+        errors = [done.get() for _ in tasks]
+    for error in errors:
+        if error is not None:
+            raise error

@@ -72,11 +72,146 @@ def _in_place(activation):
     return lambda y: np.clip(y, activation[1], activation[2], out=y)
 
 
+def _readers(steps: list[Step]) -> dict[int, list[Step]]:
+    readers: dict[int, list[Step]] = {}
+    for step in steps:
+        for slot in step.inputs:
+            readers.setdefault(slot, []).append(step)
+    return readers
+
+
+def fuse_elementwise_pairs(steps: list[Step], keep: set[int]) -> list[Step]:
+    """Two elementwise pairs become one step (one pass, one array instead of two) when the first
+    one's output has no other reader and is no graph output:
+
+    * ``Mul(x, Sigmoid(x))`` (SiLU / Swish, either operand order): one "SiLU" step reading
+      ``x``, where the Mul was, through the Sigmoid kernel's ``silu``;
+    * ``Relu(Add(a, b))``: one step where the Add was, through the Add kernel's ``with_relu``.
+    """
+    readers = _readers(steps)
+    replace: dict[int, Step] = {}   # id(step) -> the fused step standing in its place
+    drop: set[int] = set()
+    for step in steps:
+        if len(step.outputs) != 1 or step.multi_output or step.outputs[0] in keep or id(step) in drop:
+            continue
+        out = step.outputs[0]
+        tail = readers.get(out, [])
+        if len(tail) != 1 or tail[0].multi_output or id(tail[0]) in drop or id(tail[0]) in replace:
+            continue
+        tail = tail[0]
+        silu = getattr(step.kernel, "silu", None)
+        if (step.op_type == "Sigmoid" and silu is not None and tail.op_type == "Mul"
+                and len(tail.inputs) == 2 and sorted(tail.inputs) == sorted((step.inputs[0], out))
+                and step.inputs[0] != out):
+            drop.add(id(step))
+            replace[id(tail)] = Step(tail.name, "SiLU", silu, (step.inputs[0],), tail.outputs, False)
+            continue
+        with_relu = getattr(step.kernel, "with_relu", None)
+        if (step.op_type == "Add" and with_relu is not None and tail.op_type == "Relu"
+                and tail.inputs == (out,)):
+            drop.add(id(tail))
+            replace[id(step)] = Step(step.name, "AddRelu", with_relu, step.inputs, tail.outputs, False)
+    return [replace.get(id(s), s) for s in steps if id(s) not in drop]
+
+
+_CHAIN_BINARY = {"Add": (0, 4, 4), "Sub": (1, 5, 8), "Mul": (2, 6, 6), "Div": (3, 7, 9)}
+# op -> its opcodes (register op register, register op constant, constant op register); 10 is
+# Clip, 11 Relu: see elementwise._chain_source
+
+
+def _scalar_const(slot: int, constants: dict[int, np.ndarray]):
+    value = constants.get(slot)
+    if value is None or value.size != 1 or value.dtype != np.float32:
+        return None
+    return value
+
+
+def _chain_instruction(step: Step, constants: dict[int, np.ndarray], regs: dict[int, int]):
+    """``step`` as an instruction (op, a, b, c1, c2, const ndim) of an elementwise program over
+    the registers ``regs`` (slot -> register), or None."""
+    if step.multi_output or len(step.outputs) != 1:
+        return None
+    ins = step.inputs
+    if step.op_type in _CHAIN_BINARY and len(ins) == 2:
+        both, right, left = _CHAIN_BINARY[step.op_type]
+        if ins[0] in regs and ins[1] in regs:
+            return both, regs[ins[0]], regs[ins[1]], 0.0, 0.0, 0
+        if ins[0] in regs and _scalar_const(ins[1], constants) is not None:
+            c = constants[ins[1]]
+            return right, regs[ins[0]], 0, float(c.reshape(-1)[0]), 0.0, c.ndim
+        if ins[1] in regs and _scalar_const(ins[0], constants) is not None:
+            c = constants[ins[0]]
+            return left, regs[ins[1]], 0, float(c.reshape(-1)[0]), 0.0, c.ndim
+        return None
+    if step.op_type == "Relu" and len(ins) == 1 and ins[0] in regs:
+        return 11, regs[ins[0]], 0, 0.0, 0.0, 0
+    if step.op_type == "Clip" and 2 <= len(ins) <= 3 and ins[0] in regs:
+        bounds = [ins[k] if k < len(ins) else 0 for k in (1, 2)]
+        values = [None if b == 0 else _scalar_const(b, constants) for b in bounds]
+        if any(b != 0 and v is None for b, v in zip(bounds, values)) or all(b == 0 for b in bounds):
+            return None
+        lo = -np.inf if values[0] is None else float(values[0].reshape(-1)[0])
+        hi = np.inf if values[1] is None else float(values[1].reshape(-1)[0])
+        ndim = max([v.ndim for v in values if v is not None])
+        return 10, regs[ins[0]], 0, lo, hi, ndim
+    return None
+
+
+def fuse_elementwise_chains(steps: list[Step], constants: dict[int, np.ndarray], keep: set[int]) -> list[Step]:
+    """A run of consecutive float elementwise steps (Add / Sub / Mul / Div, Clip, Relu) over one
+    tensor and one-value constants, each intermediate read only inside the run, becomes one step:
+    one generated loop that keeps each element in registers through all the ops (see
+    ``elementwise.chain_kernel``), with the roundings of the separate steps. Intermediates read
+    elsewhere or kept as graph outputs end a run; the chain's threads are its members' most."""
+    from graphopt.runtime.ops.elementwise import chain_kernel
+    readers: dict[int, set[int]] = {}
+    for index, step in enumerate(steps):
+        for slot in step.inputs:
+            readers.setdefault(slot, set()).add(index)
+    fused, i = [], 0
+    while i < len(steps):
+        first = steps[i]
+        roots = [s for s in first.inputs if s and s not in constants]
+        run = []
+        if roots and all(r == roots[0] for r in roots) and roots[0] > 1:
+            regs = {roots[0]: 0}
+            for j in range(i, len(steps)):
+                instruction = _chain_instruction(steps[j], constants, regs)
+                if instruction is None or steps[j].outputs[0] in regs:
+                    break
+                regs[steps[j].outputs[0]] = len(regs)
+                run.append(instruction)
+        # the longest prefix whose intermediates are read only inside it
+        length = len(run)
+        while length >= 2 and not all(
+                steps[k].outputs[0] not in keep and steps[k].outputs[0] > 1
+                and all(i <= r < i + length for r in readers.get(steps[k].outputs[0], ()))
+                for k in range(i, i + length - 1)):
+            length -= 1
+        if length < 2:
+            fused.append(first)
+            i += 1
+            continue
+        members = steps[i:i + length]
+        threads = max(getattr(s.kernel, "threads", 1) for s in members)
+        kernel = chain_kernel(run[:length], [(s.kernel, s.inputs, s.outputs[0]) for s in members],
+                              roots[0], constants, threads)
+        fused.append(Step(members[-1].name, "ElementwiseChain", kernel, (roots[0],), members[-1].outputs, False))
+        i += length
+    return fused
+
+
+def _silu_in_place(silu):
+    return lambda y: silu(y, out=y)
+
+
 def fuse_activation_tails(steps: list[Step], constants: dict[int, np.ndarray], keep: set[int]) -> list[Step]:
     """Conv/Gemm/MatMul followed by its only reader, a Relu or a Clip, become one step: the
     activation goes into the epilogue of a kernel that offers it (``kernel.fuse_activation``),
-    else is applied in place on the product (no second array to allocate).
+    else is applied in place on the product (no second array to allocate). A fused SiLU (see
+    :func:`fuse_elementwise_pairs`, run first) as that reader is applied in place on the product.
     Before opset 11 Clip takes attributes: those nodes are left alone."""
+    steps = fuse_elementwise_pairs(fuse_elementwise_chains(steps, constants, keep), keep)
     readers: dict[int, list[Step]] = {}
     for step in steps:
         for slot in step.inputs:
@@ -88,6 +223,12 @@ def fuse_activation_tails(steps: list[Step], constants: dict[int, np.ndarray], k
         out = step.outputs[0] if len(step.outputs) == 1 else None
         tail = readers.get(out, []) if step.op_type in FRESH_OUTPUT_OPS and out not in keep else []
         activation = _tail_activation(tail[0], constants) if len(tail) == 1 and tail[0].inputs[0] == out else None
+        if (activation is None and len(tail) == 1 and tail[0].op_type == "SiLU" and tail[0].inputs == (out,)
+                and not step.multi_output):
+            absorbed.add(id(tail[0]))
+            kernel = _then(step.kernel, _silu_in_place(tail[0].kernel))
+            fused.append(Step(step.name, step.op_type, kernel, step.inputs, tail[0].outputs, False))
+            continue
         if activation is None or step.multi_output or tail[0].multi_output:
             fused.append(step)
             continue

@@ -616,7 +616,7 @@ def build_layer_norm(node: NodeSpec):
     def layer_norm(x, scale, bias=None):
         a = normalize_axis(axis, x.ndim)
         if x.dtype in (np.float32, np.float64):
-            # one Numba pass per row for the statistics (float64 sums), one to normalize
+            # onnxruntime's arithmetic (MLAS: float64 mean, centered float32 variance), bit-exact
             return numba_fp32.layer_norm(x, scale, bias, a, float(epsilon))
         axes = tuple(range(a, x.ndim))
         mean = x.mean(axis=axes, keepdims=True)
@@ -667,8 +667,12 @@ def build_max_pool(node: NodeSpec):
 
     taps_by_shape = {}  # input shape -> (padding needed, per axis the index of each tap)
 
+    threads = node.threads
+
     def max_pool(x):
         kernel, strides, dilations, begin, end, _, out = window.resolve(x.shape[2:])
+        if not want_indices and len(kernel) == 2 and x.dtype in (np.float32, np.uint8, np.int8):
+            return (glue.max_pool2d_planes(x, kernel, strides, begin, dilations, out, threads),)
         if not want_indices:
             plan = taps_by_shape.get(x.shape)
             if plan is None:
