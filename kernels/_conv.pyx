@@ -7,6 +7,7 @@ The padded image lives in a per-thread workspace that grows to the largest image
 reused: a fresh array per call page-faulted its way in on every convolution.
 """
 import math
+import os
 import threading
 
 import numpy as np
@@ -27,6 +28,9 @@ cdef extern from "layout.h" nogil:
                                 uint8_t *out, int64_t row0, int64_t row1)
     void pad_c4_planes(const pad_shape *s, const uint8_t *x, uint8_t zero_point, uint8_t *out,
                        int64_t plane_stride, int64_t g0, int64_t g1)
+    void im2col_rows(const uint8_t *img, const int64_t *tap_off, int taps, int64_t c4,
+                     int64_t out_width, int64_t in_row_stride, int64_t in_px_stride, uint8_t *dst,
+                     int64_t p0, int64_t p1)
 
 cdef extern from "depthwise.h" nogil:
     enum:
@@ -43,6 +47,71 @@ cdef extern from "depthwise.h" nogil:
                          const qg_args *p, int64_t row0, int64_t row1)
 
 _workspace = threading.local()
+
+
+# Input images (bytes per group) from which PreparedConv pads on several threads.
+cdef enum:
+    _PARALLEL_PAD_BYTES = 256 * 1024
+
+
+# Tasks for qg_parallel_for (the worker pool that PreparedConv runs its loops on): ctx points
+# at a _Job on the caller's stack, i is the index of the task.
+cdef struct _Job:
+    const qg_args *p
+    const qg_conv *cv
+    const qg_conv_t *cvt
+    const pad_shape *ps
+    const uint8_t *src
+    uint8_t *out
+    uint8_t zp
+    int64_t mc, per, total, plane_stride
+
+
+cdef int _task_pad_rows(void *ctx, int64_t i) noexcept nogil:
+    cdef _Job *j = <_Job *>ctx
+    pad_channels_last_rows(j.ps, j.src, j.zp, j.out, i * j.per, min(j.total, (i + 1) * j.per))
+    return 0
+
+
+cdef int _task_pad_planes(void *ctx, int64_t i) noexcept nogil:
+    cdef _Job *j = <_Job *>ctx
+    pad_c4_planes(j.ps, j.src, j.zp, j.out, j.plane_stride, i, i + 1)
+    return 0
+
+
+cdef int _task_im2col(void *ctx, int64_t i) noexcept nogil:
+    cdef _Job *j = <_Job *>ctx
+    im2col_rows(j.src, j.cv.tap_off, j.cv.taps, j.plane_stride, j.cv.out_width,
+                j.cv.in_row_stride, j.cv.in_px_stride, j.out, i * j.per,
+                min(j.total, (i + 1) * j.per))
+    return 0
+
+
+cdef int _task_conv_t(void *ctx, int64_t i) noexcept nogil:
+    cdef _Job *j = <_Job *>ctx
+    return qg_conv_t_tile(j.p, j.cvt, i)
+
+
+cdef int _task_conv(void *ctx, int64_t i) noexcept nogil:
+    cdef _Job *j = <_Job *>ctx
+    return qg_conv_tile(j.p, j.cv, i)
+
+
+cdef int _task_tile(void *ctx, int64_t i) noexcept nogil:
+    cdef _Job *j = <_Job *>ctx
+    return qg_tile_mc(j.p, j.mc, i)
+
+
+cdef int _pad_rows(const pad_shape *s, const uint8_t *src, uint8_t zp, uint8_t *out, int64_t hp,
+                   int threads) except -1:
+    cdef _Job job
+    job.ps, job.src, job.zp, job.out, job.per, job.total = s, src, zp, out, 8, hp
+    with nogil:
+        if threads == 1:
+            pad_channels_last_rows(s, src, zp, out, 0, hp)
+        else:
+            qg_parallel_for(threads, (hp + 7) // 8, _task_pad_rows, &job)
+    return 0
 
 
 def conv_output_size(size, kernel, stride, pad_begin, pad_end, dilation):
@@ -75,12 +144,8 @@ cdef int64_t _pad_image(object x, int zero_point, int64_t top, int64_t left, int
     cdef const uint8_t *src = &xv[0, 0, 0] if xv.size else NULL
     if not xv.size:
         s.height = 0  # every row is border
-    if threads == 1:  # no OpenMP region: entering one costs microseconds
-        with nogil:
-            pad_channels_last_rows(&s, src, zp, out, 0, hp)
-    else:
-        for r in prange(chunks, nogil=True, num_threads=threads, schedule="static"):
-            pad_channels_last_rows(&s, src, zp, out, r * rows_per, min(hp, (r + 1) * rows_per))
+    _pad_rows(&s, src, zp, out, hp,
+              threads if s.channels * s.height * s.width >= _PARALLEL_PAD_BYTES else 1)
     image[0] = out
     return 0
 
@@ -149,14 +214,14 @@ def implicit_conv2d(x, int x_zero_point, weights, kernel, stride, pads, dilation
     p.nc = _tile_columns(p.m, p.n, threads)
     cdef int64_t t, tiles = qg_tile_count(&p)
     cdef int failed = 0
-    if threads == 1:
-        with nogil:
+    cdef _Job job
+    job.p, job.cv = &p, &cv
+    with nogil:
+        if threads == 1:
             for t in range(tiles):
                 failed |= qg_conv_tile(&p, &cv, t) != 0
-    else:
-        for t in prange(tiles, nogil=True, num_threads=threads, schedule="dynamic"):
-            if qg_conv_tile(&p, &cv, t) != 0:
-                failed = 1
+        else:
+            failed = qg_parallel_for(threads, tiles, _task_conv, &job)
     if failed:
         raise MemoryError("convolution: could not allocate a tile's scratch buffer")
     return out
@@ -193,12 +258,13 @@ cdef object _transposed_conv2d(x, int x_zero_point, weights, weight_rows, kernel
     cdef uint8_t *image = <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>buf)
     cdef const uint8_t *src = <const uint8_t *>cnp.PyArray_DATA(xa)
     cdef int64_t g
-    if threads == 1:
-        with nogil:
+    cdef _Job job
+    job.ps, job.src, job.zp, job.out, job.plane_stride = &s, src, <uint8_t>x_zero_point, image, plane_stride
+    with nogil:
+        if threads == 1 or s.channels * s.height * s.width < _PARALLEL_PAD_BYTES:
             pad_c4_planes(&s, src, <uint8_t>x_zero_point, image, plane_stride, 0, groups)
-    else:
-        for g in prange(groups, nogil=True, num_threads=threads, schedule="static"):
-            pad_c4_planes(&s, src, <uint8_t>x_zero_point, image, plane_stride, g, g + 1)
+        else:
+            qg_parallel_for(threads, groups, _task_pad_planes, &job)
     tap_off = _tap_offsets(kh, kw, dh * s.padded_width * 4, dw * 4)
     cv.x, cv.plane_stride = image, plane_stride
     cv.w = <const int8_t *>cnp.PyArray_DATA(<cnp.ndarray>weight_rows)
@@ -211,17 +277,19 @@ cdef object _transposed_conv2d(x, int x_zero_point, weights, weight_rows, kernel
     p.a_zero_point = x_zero_point
     p.col_sums = <const int32_t *>cnp.PyArray_DATA(col_sums)
     # Whole micro-kernel widths (3 panels, 48 pixels) per tile.
-    p.nc = max(48, _tile_columns(p.m, p.n, threads) // 48 * 48)
+    if threads > 1:
+        p.nc = _balanced_columns(p.m, QG_MC, p.n, 48, threads, NC_MAX // 48)
+    else:
+        p.nc = max(48, _tile_columns(p.m, p.n, threads) // 48 * 48)
     cdef int64_t t, tiles = qg_tile_count(&p)
     cdef int failed = 0
-    if threads == 1:
-        with nogil:
+    job.p, job.cvt = &p, &cv
+    with nogil:
+        if threads == 1:
             for t in range(tiles):
                 failed |= qg_conv_t_tile(&p, &cv, t) != 0
-    else:
-        for t in prange(tiles, nogil=True, num_threads=threads, schedule="dynamic"):
-            if qg_conv_t_tile(&p, &cv, t) != 0:
-                failed = 1
+        else:
+            failed = qg_parallel_for(threads, tiles, _task_conv_t, &job)
     if failed:
         raise MemoryError("convolution: could not allocate a tile's scratch buffer")
     return out
@@ -325,8 +393,73 @@ def channels_last(x):
 cdef enum:
     _IMPLICIT = 0
     _TRANSPOSED = 1
-    _DW_PLANAR = 2
-    _DW_ROWS = 3
+    _IM2COL = 2
+    _DW_PLANAR = 3
+    _DW_ROWS = 4
+
+# GRAPHOPT_CONV_IM2COL: "auto" (default), "1" (every VNNI convolution that can), "0" (never).
+_IM2COL_MODE = os.environ.get("GRAPHOPT_CONV_IM2COL", "auto")
+# The explicit im2col matrix is m x K bytes: beyond this, the implicit paths run instead.
+_IM2COL_MAX_BYTES = 4 << 20
+# Micro-kernel shapes (rows, 16-column panels) the im2col path picks from.
+_IM2COL_SHAPES = ((6, 4), (7, 3), (8, 3))
+
+
+def _ukr_cycles(int64_t m, int64_t n, int64_t mc, int64_t nc, int mr, int np_):
+    """Rough cycles per group of 4 along K for an m x n product cut into mc x nc tiles and
+    mr x np_ micro-kernel calls: one vpdpbusd per cycle, two loads per cycle, and at least the
+    instruction's latency per update of an accumulator."""
+    cdef int64_t i0, i, j0, j, rows, panels, mrc, npc
+    cdef double total = 0
+    for i0 in range(0, m, mc):
+        rows = min(mc, m - i0)
+        for j0 in range(0, n, nc):
+            panels = (min(nc, n - j0) + 15) // 16
+            for i in range(0, rows, mr):
+                mrc = min(mr, rows - i)
+                for j in range(0, panels, np_):
+                    npc = min(np_, panels - j)
+                    total += max(mrc * npc, (mrc + npc) * 0.5, 4.0)
+    return total
+
+
+def _balanced_columns(int64_t m, int64_t mc, int64_t n, int64_t unit, int threads,
+                      int64_t max_units):
+    """Columns per tile (a multiple of ``unit``, at most ``max_units`` of them) for ``threads``
+    threads taking tiles in order as they come free: the smallest simulated finishing time, each
+    tile costing its area plus a fixed overhead."""
+    cdef int64_t units = (n + unit - 1) // unit, per, i0, j0, rows, best_per = 1
+    cdef double best = -1, span, overhead = 0.25 * unit * min(m, mc)
+    for per in range(1, min(units, max_units) + 1):
+        free = [0.0] * threads
+        for i0 in range(0, m, mc):
+            rows = min(mc, m - i0)
+            for j0 in range(0, n, per * unit):
+                k = free.index(min(free))
+                free[k] += rows * min(per * unit, n - j0) + overhead
+        span = max(free)
+        if best < 0 or span < best * 0.999:
+            best, best_per = span, per
+    return best_per * unit
+
+
+cdef _im2col_tiling(int64_t m, int64_t n, int threads):
+    """(mr, np, mc, nc) for the im2col path: the micro-kernel shape that wastes least on this
+    m and n, tiles of whole slabs and whole panel groups, and (threads > 1) enough tiles."""
+    best = None
+    cdef int64_t mc, nc, gw, groups, m_blocks, splits
+    for mr, np_ in _IM2COL_SHAPES:
+        mc = max(mr, QG_MC // mr * mr)
+        gw = 16 * np_
+        groups = (n + gw - 1) // gw
+        if threads == 1:
+            nc = min(NC_MAX // gw, groups) * gw
+        else:
+            nc = _balanced_columns(m, mc, n, gw, threads, NC_MAX // gw)
+        cost = _ukr_cycles(m, n, mc, nc, mr, np_)
+        if best is None or cost < best[0]:
+            best = (cost, mr, np_, mc, nc)
+    return best[1:]
 
 
 cdef class _GroupArgs:
@@ -344,6 +477,7 @@ cdef class _ShapePlan:
     cdef bint empty
     cdef int64_t batch, image_elems, group_elems, pixels, hp, scratch_bytes
     cdef int64_t m, n, k4, nc, tiles, chunks, per_chunk, total, plane_stride, planes
+    cdef int64_t mc, im2col_off, k_bytes
     cdef int mr, npanels
     cdef pad_shape ps
     cdef qg_conv cv
@@ -363,16 +497,6 @@ def _pads_of(padding):
     return padding * 2 if len(padding) == 2 else padding
 
 
-cdef int _pad_rows(const pad_shape *s, const uint8_t *src, uint8_t zp, uint8_t *out, int64_t hp,
-                   int threads) except -1:
-    cdef int64_t r, rows_per = 8, chunks = (hp + rows_per - 1) // rows_per
-    if threads == 1:
-        with nogil:
-            pad_channels_last_rows(s, src, zp, out, 0, hp)
-    else:
-        for r in prange(chunks, nogil=True, num_threads=threads, schedule="static"):
-            pad_channels_last_rows(s, src, zp, out, r * rows_per, min(hp, (r + 1) * rows_per))
-    return 0
 
 
 cdef class PreparedConv:
@@ -497,6 +621,50 @@ cdef class PreparedConv:
             s.chunks = (s.total + s.per_chunk - 1) // s.per_chunk
             return s
         cdef int64_t c4 = (cg + 3) // 4 * 4
+        cdef int64_t k_bytes = kh * kw * c4, out_px = oh * ow
+        cdef double t_eff = 1.0
+        cdef bint im2col = False
+        if self.isa_code == QG_ISA_VNNI and _IM2COL_MODE != "0" and out_px * k_bytes <= _IM2COL_MAX_BYTES:
+            if _IM2COL_MODE == "1":
+                im2col = True
+            elif k_bytes >= 64:
+                if sh == 1 and sw == 1:
+                    # The transposed path computes whole panels of 16 virtual pixels, as wide
+                    # as the padded rows: on 7x7 and 14x14 maps a quarter or an eighth is waste.
+                    t_eff = out_px / (((oh * wp + 15) // 16) * 16.0)
+                    im2col = t_eff < 0.9
+                else:
+                    # Strided: the implicit path's slabs of 6 pixels stop at the ends of short
+                    # output rows (7 or 14 pixels); on large maps it is as fast without the copy.
+                    im2col = out_px <= 400
+        if im2col:
+            s.kind = _IM2COL
+            s.ps.channels, s.ps.height, s.ps.width = cg, height, width
+            s.ps.top, s.ps.left, s.ps.padded_width, s.ps.pixel_stride = pt, pl, wp, c4
+            if s.group_elems == 0:
+                s.ps.height = 0
+            s.im2col_off = ((hp * wp + (kw - 1) * dw + 1) * c4 + 63) // 64 * 64
+            s.k_bytes = k_bytes
+            s.scratch_bytes = s.im2col_off + out_px * k_bytes
+            s.tap_off = _tap_offsets(kh, kw, dh * wp * c4, dw * c4)
+            s.cv.taps = kh * kw
+            s.cv.tap_off = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>s.tap_off)
+            s.cv.out_width = ow
+            s.cv.in_px_stride = sw * c4
+            s.cv.in_row_stride = sh * wp * c4
+            s.m, s.n, s.k4 = out_px, self.per_group, k_bytes // 4
+            if out_px <= 8:
+                qg_shape(self.isa_code, out_px, &s.mr, &s.npanels)
+                s.mc = QG_MC
+                s.nc = _tile_columns(s.m, s.n, self.threads)
+            else:
+                s.mr, s.npanels, s.mc, s.nc = _im2col_tiling(s.m, s.n, self.threads)
+            tmp.m, tmp.n, tmp.nc = s.m, s.n, s.nc
+            s.tiles = qg_tile_count_mc(&tmp, s.mc)
+            # Chunks of output pixels for the im2col copy on several threads.
+            s.per_chunk = max(1, -(-out_px // (2 * self.threads)))
+            s.chunks = (out_px + s.per_chunk - 1) // s.per_chunk
+            return s
         if self.isa_code == QG_ISA_VNNI and sh == 1 and sw == 1:
             s.kind = _TRANSPOSED
             s.ps.channels, s.ps.height, s.ps.width = cg, height, width
@@ -511,7 +679,10 @@ cdef class PreparedConv:
             s.cvt.tap_off = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>s.tap_off)
             s.m, s.n = self.per_group, oh * wp
             s.k4 = self.weights.weight_rows[0].shape[1] // 4
-            s.nc = max(48, _tile_columns(s.m, s.n, self.threads) // 48 * 48)
+            if self.threads > 1:
+                s.nc = _balanced_columns(s.m, QG_MC, s.n, 48, self.threads, NC_MAX // 48)
+            else:
+                s.nc = max(48, _tile_columns(s.m, s.n, self.threads) // 48 * 48)
         else:
             s.kind = _IMPLICIT
             s.ps.channels, s.ps.height, s.ps.width = cg, height, width
@@ -614,12 +785,15 @@ cdef class PreparedConv:
         cdef qg_conv_t cvt = s.cvt
         cdef int64_t b, g, t, tiles = s.tiles, pg = self.per_group, planes = s.planes
         cdef int threads = self.threads, failed = 0
-        cdef bint transposed = s.kind == _TRANSPOSED
         cdef uint8_t zp = self.x_zero_point
         cdef uint8_t *image
         cdef const uint8_t *xg
+        cdef _Job job
+        # Padding a small image takes microseconds: one thread, one synchronisation fewer.
+        cdef int pad_threads = threads if s.group_elems >= _PARALLEL_PAD_BYTES else 1
         buf = _scratch(s.scratch_bytes)
         image = <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>buf)
+        job.p, job.cv, job.cvt, job.ps, job.zp, job.mc = &p, &cv, &cvt, &s.ps, zp, s.mc
         for b in range(s.batch):
             for g in range(self.groups):
                 ga = <_GroupArgs>self.groups_args[g]
@@ -628,36 +802,50 @@ cdef class PreparedConv:
                 p.out_rs, p.out_cs = 1, s.pixels
                 p.m, p.n, p.k4, p.nc = s.m, s.n, s.k4, s.nc
                 xg = src + b * s.image_elems + g * s.group_elems
-                if transposed:
-                    if threads == 1:
-                        with nogil:
-                            pad_c4_planes(&s.ps, xg, zp, image, s.plane_stride, 0, planes)
-                    else:
-                        for t in prange(planes, nogil=True, num_threads=threads, schedule="static"):
-                            pad_c4_planes(&s.ps, xg, zp, image, s.plane_stride, t, t + 1)
+                if s.kind == _TRANSPOSED:
                     cvt.x, cvt.w = image, ga.rows
                     p.isa = QG_ISA_VNNI
-                    if threads == 1:
-                        with nogil:
+                    job.src, job.out, job.plane_stride = xg, image, s.plane_stride
+                    with nogil:
+                        if pad_threads == 1:
+                            pad_c4_planes(&s.ps, xg, zp, image, s.plane_stride, 0, planes)
+                        else:
+                            qg_parallel_for(threads, planes, _task_pad_planes, &job)
+                        if threads == 1:
                             for t in range(tiles):
                                 failed |= qg_conv_t_tile(&p, &cvt, t) != 0
-                    else:
-                        for t in prange(tiles, nogil=True, num_threads=threads, schedule="dynamic"):
-                            if qg_conv_t_tile(&p, &cvt, t) != 0:
-                                failed = 1
+                        else:
+                            failed = qg_parallel_for(threads, tiles, _task_conv_t, &job)
+                elif s.kind == _IM2COL:
+                    _pad_rows(&s.ps, xg if s.group_elems else NULL, zp, image, s.hp, pad_threads)
+                    p.a, p.a_rs, p.apack = image + s.im2col_off, s.k_bytes, NULL
+                    p.isa = self.isa_code
+                    p.mr, p.npanels = s.mr, s.npanels
+                    job.src, job.out = image, image + s.im2col_off
+                    job.plane_stride, job.per, job.total = s.k_bytes // cv.taps, s.per_chunk, s.m
+                    with nogil:
+                        if threads == 1 or s.m * s.k_bytes < 2 * _PARALLEL_PAD_BYTES:
+                            im2col_rows(image, cv.tap_off, cv.taps, s.k_bytes // cv.taps,
+                                        cv.out_width, cv.in_row_stride, cv.in_px_stride,
+                                        image + s.im2col_off, 0, s.m)
+                        else:
+                            qg_parallel_for(threads, s.chunks, _task_im2col, &job)
+                        if threads == 1:
+                            for t in range(tiles):
+                                failed |= qg_tile_mc(&p, s.mc, t) != 0
+                        else:
+                            failed = qg_parallel_for(threads, tiles, _task_tile, &job)
                 else:
-                    _pad_rows(&s.ps, xg if s.group_elems else NULL, zp, image, s.hp, threads)
+                    _pad_rows(&s.ps, xg if s.group_elems else NULL, zp, image, s.hp, pad_threads)
                     cv.x = image
                     p.isa = self.isa_code
                     p.mr, p.npanels = s.mr, s.npanels
-                    if threads == 1:
-                        with nogil:
+                    with nogil:
+                        if threads == 1:
                             for t in range(tiles):
                                 failed |= qg_conv_tile(&p, &cv, t) != 0
-                    else:
-                        for t in prange(tiles, nogil=True, num_threads=threads, schedule="dynamic"):
-                            if qg_conv_tile(&p, &cv, t) != 0:
-                                failed = 1
+                        else:
+                            failed = qg_parallel_for(threads, tiles, _task_conv, &job)
                 if failed:
                     raise MemoryError("convolution: could not allocate a tile's scratch buffer")
         return 0

@@ -44,12 +44,16 @@ cdef extern from "qgemm.h" nogil:
         int64_t row_len, out_width
         int taps
         const int64_t *tap_off
+    ctypedef int (*qg_task_fn)(void *ctx, int64_t i) noexcept nogil
+    int qg_parallel_for(int threads, int64_t n, qg_task_fn fn, void *ctx)
     int qg_cpu_supports(int isa)
     void qg_shape(int isa, int64_t m, int *mr, int *npanels)
     void qg_pack_a(int mr, const uint8_t *a, int64_t rs, int64_t cs, int64_t m, int64_t k,
                    uint8_t *apack, int64_t slab)
     int64_t qg_tile_count(const qg_args *p)
     int qg_tile(const qg_args *p, int64_t tile)
+    int64_t qg_tile_count_mc(const qg_args *p, int64_t mc)
+    int qg_tile_mc(const qg_args *p, int64_t mc, int64_t tile)
     int qg_conv_tile(const qg_args *p, const qg_conv *cv, int64_t tile)
     int qg_conv_t_tile(const qg_args *p, const qg_conv_t *cv, int64_t tile)
     void qg_epilogue(const qg_args *p, const int32_t *acc, int64_t rs, int64_t cs,

@@ -11,7 +11,15 @@ Two families of paths, chosen by the weights' shape when they are packed:
   micro-kernel reads every tap from. Stride 1 on the VNNI path runs transposed: output channels
   are the GEMM's rows, the workspace holds planes of 4 channels, and the sums come out
   pixel-contiguous as NCHW stores them. Other strides and ISAs read a channels-last workspace
-  with pixels as rows.
+  with pixels as rows. On the VNNI path, :class:`PreparedConv` writes an explicit im2col matrix
+  after all where the implicit paths waste work: small maps (7x7, 14x14), whose padded rows the
+  transposed path computes in whole panels of 16 pixels, and strided layers with at most 400
+  output pixels, whose short output rows cut the implicit path's slabs of 6 pixels. The
+  micro-kernel shape (6x4, 7x3 or 8x3) is chosen to fit the pixel count (49 = 7 x 7).
+
+The GEMM convolutions' threads run on a small pool of persistent workers (``qg_parallel_for`` in ``qgemm.c``)
+rather than OpenMP: the caller waits only for tiles that a worker has actually taken, so a worker
+whose core is busy elsewhere costs nothing, where an OpenMP region's closing barrier waited for it.
 
 Every path writes ``[pixels, out channels]`` straight into the NCHW output through a transposed
 view, so no path transposes afterwards.

@@ -44,6 +44,35 @@ static void transpose_16x16(const uint8_t *src, int64_t ss, uint8_t *dst, int64_
 void transpose_u8(const uint8_t *src, int64_t rows, int64_t cols, int64_t src_rs, uint8_t *dst,
                   int64_t dst_rs)
 {
+    if (rows < 16 && cols >= 16) {
+        /* Few channels (a 3- or 8-channel image, an 8-channel output): 16 pixels at a time
+         * through one 16 x 16 block whose missing rows are left as they are, then rows bytes
+         * per pixel; the byte loop below took half of a 3-channel stem convolution. */
+        uint8_t in[16 * 16] = {0}, out[16 * 16];
+        for (int64_t c = 0; c < cols; c += 16) {
+            const int64_t c0 = c + 16 <= cols ? c : cols - 16;
+            for (int64_t r = 0; r < rows; r++)
+                memcpy(in + r * 16, src + r * src_rs + c0, 16);
+            transpose_16x16(in, 16, out, 16);
+            for (int64_t i = 0; i < 16; i++)
+                memcpy(dst + (c0 + i) * dst_rs, out + i * 16, (size_t)rows);
+        }
+        return;
+    }
+    if (cols < 16 && rows >= 16) {
+        /* The transposed case (an epilogue writing an 8-channel NCHW output): 16 rows of cols
+         * bytes into one block, out as cols rows of 16 bytes. */
+        uint8_t in[16 * 16] = {0}, out[16 * 16];
+        for (int64_t r = 0; r < rows; r += 16) {
+            const int64_t r0 = r + 16 <= rows ? r : rows - 16;
+            for (int64_t i = 0; i < 16; i++)
+                memcpy(in + i * 16, src + (r0 + i) * src_rs, (size_t)cols);
+            transpose_16x16(in, 16, out, 16);
+            for (int64_t c = 0; c < cols; c++)
+                memcpy(dst + c * dst_rs + r0, out + c * 16, 16);
+        }
+        return;
+    }
     if (rows < 16 || cols < 16) {
         for (int64_t r = 0; r < rows; r++)
             for (int64_t c = 0; c < cols; c++)
@@ -61,9 +90,17 @@ void transpose_u8(const uint8_t *src, int64_t rows, int64_t cols, int64_t src_rs
     }
 }
 
+static void interleave4_16(const uint8_t *c0, const uint8_t *c1, const uint8_t *c2,
+                           const uint8_t *c3, uint8_t *dst);
+
 void pad_channels_last_rows(const pad_shape *s, const uint8_t *x, uint8_t zero_point,
                             uint8_t *out, int64_t row0, int64_t row1)
 {
+    /* 1 to 4 channels at 4 bytes a pixel (an RGB stem): 16 pixels at a time, the missing
+     * channels as zero points (their weights are zero). */
+    const int quad = s->channels <= 4 && s->pixel_stride == 4 && s->width >= 16;
+    uint8_t fill[16];
+    memset(fill, zero_point, sizeof fill);
     const int64_t row_bytes = s->padded_width * s->pixel_stride;
     for (int64_t py = row0; py < row1; py++) {
         uint8_t *row = out + py * row_bytes;
@@ -73,8 +110,20 @@ void pad_channels_last_rows(const pad_shape *s, const uint8_t *x, uint8_t zero_p
             continue;
         }
         memset(row, zero_point, (size_t)(s->left * s->pixel_stride));
-        transpose_u8(x + y * s->width, s->channels, s->width, s->height * s->width,
-                     row + s->left * s->pixel_stride, s->pixel_stride);
+        if (quad) {
+            const int64_t plane = s->height * s->width;
+            const uint8_t *c[4];
+            for (int k = 0; k < 4; k++)
+                c[k] = k < s->channels ? x + k * plane + y * s->width : NULL;
+            for (int64_t px = 0; px < s->width; px += 16) {
+                const int64_t at = px + 16 <= s->width ? px : s->width - 16;
+                interleave4_16(c[0] + at, c[1] ? c[1] + at : fill, c[2] ? c[2] + at : fill,
+                               c[3] ? c[3] + at : fill, row + (s->left + at) * 4);
+            }
+        } else {
+            transpose_u8(x + y * s->width, s->channels, s->width, s->height * s->width,
+                         row + s->left * s->pixel_stride, s->pixel_stride);
+        }
         memset(row + (s->left + s->width) * s->pixel_stride, zero_point,
                (size_t)((s->padded_width - s->left - s->width) * s->pixel_stride));
     }
@@ -131,5 +180,18 @@ void pad_c4_planes(const pad_shape *s, const uint8_t *x, uint8_t zero_point, uin
             const int64_t done = (s->top + s->height) * row_bytes;
             memset(dst + done, zero_point, (size_t)(plane_stride - done));
         }
+    }
+}
+
+void im2col_rows(const uint8_t *img, const int64_t *tap_off, int taps, int64_t c4,
+                 int64_t out_width, int64_t in_row_stride, int64_t in_px_stride, uint8_t *dst,
+                 int64_t p0, int64_t p1)
+{
+    const int64_t k = taps * c4;
+    for (int64_t p = p0; p < p1; p++) {
+        const uint8_t *src = img + (p / out_width) * in_row_stride + (p % out_width) * in_px_stride;
+        uint8_t *row = dst + p * k;
+        for (int t = 0; t < taps; t++)
+            memcpy(row + t * c4, src + tap_off[t], (size_t)c4);
     }
 }

@@ -26,4 +26,12 @@ void pad_channels_last_rows(const pad_shape *s, const uint8_t *x, uint8_t zero_p
 void pad_c4_planes(const pad_shape *s, const uint8_t *x, uint8_t zero_point, uint8_t *out,
                    int64_t plane_stride, int64_t g0, int64_t g1);
 
+/* Output pixels [p0, p1) of a convolution as rows of an explicit im2col matrix: row p (output
+ * pixel p / out_width, p % out_width) holds, tap after tap, the c4 channel bytes of the padded
+ * channels-last image at img + (p / out_width) * in_row_stride + (p % out_width) * in_px_stride
+ * + tap_off[t]; rows are taps * c4 bytes long, at dst + p * taps * c4. */
+void im2col_rows(const uint8_t *img, const int64_t *tap_off, int taps, int64_t c4,
+                 int64_t out_width, int64_t in_row_stride, int64_t in_px_stride, uint8_t *dst,
+                 int64_t p0, int64_t p1);
+
 #endif

@@ -5,6 +5,10 @@
 #include "layout.h"
 
 #include <immintrin.h>
+#include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -606,12 +610,12 @@ typedef struct {
     int32_t *c;
 } qg_tile_box;
 
-static int tile_box(const qg_args *p, int64_t tile, qg_tile_box *t)
+static int tile_box_mc(const qg_args *p, int64_t mc, int64_t tile, qg_tile_box *t)
 {
     const int64_t n_tiles_n = (p->n + p->nc - 1) / p->nc;
-    t->m0 = (tile / n_tiles_n) * QG_MC;
+    t->m0 = (tile / n_tiles_n) * mc;
     t->n0 = (tile % n_tiles_n) * p->nc;
-    t->mc = p->m - t->m0 < QG_MC ? p->m - t->m0 : QG_MC;
+    t->mc = p->m - t->m0 < mc ? p->m - t->m0 : mc;
     t->nc = p->n - t->n0 < p->nc ? p->n - t->n0 : p->nc;
     t->panels = (t->nc + 15) / 16;
     t->ldc = t->panels * 16;
@@ -619,11 +623,26 @@ static int tile_box(const qg_args *p, int64_t tile, qg_tile_box *t)
     return t->c ? 0 : -1;
 }
 
+static int tile_box(const qg_args *p, int64_t tile, qg_tile_box *t)
+{
+    return tile_box_mc(p, QG_MC, tile, t);
+}
+
+int64_t qg_tile_count_mc(const qg_args *p, int64_t mc)
+{
+    return ((p->m + mc - 1) / mc) * ((p->n + p->nc - 1) / p->nc);
+}
+
 int qg_tile(const qg_args *p, int64_t tile)
+{
+    return qg_tile_mc(p, QG_MC, tile);
+}
+
+int qg_tile_mc(const qg_args *p, int64_t mc, int64_t tile)
 {
     const int mr = p->mr, np = p->npanels;
     qg_tile_box t;
-    if (tile_box(p, tile, &t))
+    if (tile_box_mc(p, mc, tile, &t))
         return -1;
     const int64_t bps = p->k4 * 64; /* bytes from one 16-column panel to the next */
     /* BLIS loops 3-1: KC blocks of the reduction; NR column groups; MR row slabs. The KC loop
@@ -727,4 +746,131 @@ int qg_conv_t_tile(const qg_args *p, const qg_conv_t *cv, int64_t tile)
     }
     free(t.c);
     return 0;
+}
+
+/* ---- the worker pool (qg_parallel_for) ------------------------------------------------------ */
+
+#define QG_POOL_MAX 15
+/* Pause iterations a worker polls for the next job before it sleeps: consecutive convolutions
+ * (padding, then tiles, then the next layer) follow each other within microseconds. */
+#define QG_POOL_SPIN 4000
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t pool_call = PTHREAD_MUTEX_INITIALIZER;
+static int pool_started;                 /* workers created (under pool_mu) */
+static pid_t pool_pid;                   /* the process that created them: a forked child has none
+                                          * and may have inherited pool_mu locked */
+static _Atomic uint32_t pool_epoch;      /* job number; written under pool_mu */
+static qg_task_fn pool_fn;               /* the job: under pool_mu */
+static void *pool_ctx;
+static int64_t pool_n;
+static int pool_want;                    /* workers that may take part */
+/* (epoch << 32) | next index: a worker can only take an index of the job it read. */
+static _Atomic uint64_t pool_next;
+static _Atomic int64_t pool_done;
+static _Atomic int pool_failed;
+
+static int64_t pool_take(uint32_t epoch, int64_t n)
+{
+    uint64_t v = atomic_load_explicit(&pool_next, memory_order_acquire);
+    for (;;) {
+        if ((uint32_t)(v >> 32) != epoch || (int64_t)(v & 0xffffffffu) >= n)
+            return -1;
+        if (atomic_compare_exchange_weak_explicit(&pool_next, &v, v + 1, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return (int64_t)(v & 0xffffffffu);
+    }
+}
+
+static void pool_run(uint32_t epoch, qg_task_fn fn, void *ctx, int64_t n)
+{
+    int64_t i;
+    while ((i = pool_take(epoch, n)) >= 0) {
+        if (fn(ctx, i))
+            atomic_store_explicit(&pool_failed, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&pool_done, 1, memory_order_release);
+    }
+}
+
+static void *pool_worker(void *arg)
+{
+    const int id = (int)(intptr_t)arg;
+    pthread_mutex_lock(&pool_mu);
+    uint32_t seen = atomic_load(&pool_epoch);
+    pthread_mutex_unlock(&pool_mu);
+    for (;;) {
+        for (int spin = 0; spin < QG_POOL_SPIN
+                           && atomic_load_explicit(&pool_epoch, memory_order_relaxed) == seen;
+             spin++)
+            _mm_pause();
+        pthread_mutex_lock(&pool_mu);
+        while (atomic_load(&pool_epoch) == seen)
+            pthread_cond_wait(&pool_cv, &pool_mu);
+        seen = atomic_load(&pool_epoch);
+        const qg_task_fn fn = pool_fn;
+        void *const ctx = pool_ctx;
+        const int64_t n = pool_n;
+        const int take_part = id < pool_want;
+        pthread_mutex_unlock(&pool_mu);
+        if (take_part)
+            pool_run(seen, fn, ctx, n);
+    }
+    return NULL;
+}
+
+int qg_parallel_for(int threads, int64_t n, qg_task_fn fn, void *ctx)
+{
+    int failed = 0;
+    if (threads <= 1 || n <= 1 || n > 0xffffffffLL || pthread_mutex_trylock(&pool_call)) {
+        for (int64_t i = 0; i < n; i++)
+            failed |= fn(ctx, i) != 0;
+        return failed;
+    }
+    if (pool_pid && pool_pid != getpid()) {
+        pthread_mutex_unlock(&pool_call);
+        for (int64_t i = 0; i < n; i++)
+            failed |= fn(ctx, i) != 0;
+        return failed;
+    }
+    pool_pid = getpid();
+    int want = threads - 1;
+    if (want > QG_POOL_MAX)
+        want = QG_POOL_MAX;
+    if (want > n - 1)
+        want = (int)(n - 1);
+    pthread_mutex_lock(&pool_mu);
+    while (pool_started < want) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        const int rc = pthread_create(&thread, &attr, pool_worker, (void *)(intptr_t)pool_started);
+        pthread_attr_destroy(&attr);
+        if (rc)
+            break;
+        pool_started++;
+    }
+    const uint32_t epoch = atomic_load(&pool_epoch) + 1;
+    pool_fn = fn;
+    pool_ctx = ctx;
+    pool_n = n;
+    pool_want = want;
+    atomic_store(&pool_done, 0);
+    atomic_store(&pool_failed, 0);
+    atomic_store(&pool_next, (uint64_t)epoch << 32);
+    atomic_store(&pool_epoch, epoch);
+    pthread_cond_broadcast(&pool_cv);
+    pthread_mutex_unlock(&pool_mu);
+    pool_run(epoch, fn, ctx, n);
+    /* Only indices that a worker has taken are outstanding. */
+    for (int spin = 0; atomic_load_explicit(&pool_done, memory_order_acquire) < n; spin++) {
+        if (spin < 20000)
+            _mm_pause();
+        else
+            sched_yield();
+    }
+    failed = atomic_load(&pool_failed);
+    pthread_mutex_unlock(&pool_call);
+    return failed;
 }

@@ -74,6 +74,15 @@ typedef struct {
     const int64_t *tap_off;
 } qg_conv_t;
 
+/* Runs fn(ctx, i) for i in [0, n) on up to `threads` threads: the caller and a persistent pool
+ * of workers, which take indices one at a time. The caller waits only for the indices a worker
+ * has actually taken: a worker that wakes late (its core busy with another process) finds
+ * nothing left and costs nothing, where an OpenMP region's closing barrier waited for it.
+ * Concurrent callers (other Python threads) run their loop alone. Returns 1 if any call
+ * returned nonzero, else 0. */
+typedef int (*qg_task_fn)(void *ctx, int64_t i);
+int qg_parallel_for(int threads, int64_t n, qg_task_fn fn, void *ctx);
+
 int qg_cpu_supports(int isa);
 /* The micro-kernel shape (rows x 16-column panels) for a product with m rows. */
 void qg_shape(int isa, int64_t m, int *mr, int *npanels);
@@ -82,6 +91,9 @@ void qg_pack_a(int mr, const uint8_t *a, int64_t rs, int64_t cs, int64_t m, int6
 int64_t qg_tile_count(const qg_args *p);
 /* Returns 0, or -1 when the tile's scratch buffer could not be allocated. */
 int qg_tile(const qg_args *p, int64_t tile);
+/* The same with mc rows per tile (a multiple of p->mr) instead of QG_MC. */
+int64_t qg_tile_count_mc(const qg_args *p, int64_t mc);
+int qg_tile_mc(const qg_args *p, int64_t mc, int64_t tile);
 /* One tile of an implicit-GEMM convolution (p->m = virtual rows x row_len); same return. */
 int qg_conv_tile(const qg_args *p, const qg_conv *cv, int64_t tile);
 int qg_conv_t_tile(const qg_args *p, const qg_conv_t *cv, int64_t tile);
