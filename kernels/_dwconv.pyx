@@ -34,8 +34,11 @@ cdef extern from "dwconv_f32.h" nogil:
 
 ISA_NAMES = {"portable": DWF_ISA_PORTABLE, "avx512": DWF_ISA_AVX512}
 
-# Below this many multiply-adds a layer runs on one thread: waking a second costs more.
-PARALLEL_MIN_MACS = 200_000
+# Below this many multiply-adds a layer runs on one thread: waking a second costs more. A layer
+# runs at ~15-25 GMAC/s here, so this is ~0.2 ms of one core; at 200,000 (~10 us), mobilenetv3's
+# depthwise layers at 2 threads made the whole model 1.26x slower than at 1 thread (the OpenMP
+# join waits for a worker the shared machine schedules late).
+PARALLEL_MIN_MACS = 4_000_000
 
 
 def isa(name=None):

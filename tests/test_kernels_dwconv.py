@@ -33,6 +33,12 @@ def reference(x, w, bias, strides, pads, dilations, activation=None, clip=(0.0, 
     return y
 
 
+@pytest.fixture(autouse=True)
+def split_every_layer(monkeypatch):
+    """threads=2 cases split even these small layers, so that the threaded path is what runs."""
+    monkeypatch.setattr(dw, "PARALLEL_MIN_MACS", 0)
+
+
 def check(x, w, bias, strides, pads, dilations, activation=None, clip=(0.0, 6.0), threads=1, isa="auto"):
     y = dw.depthwise_conv2d_f32(x, w, bias, strides, pads, dilations, activation, clip,
                                 threads=threads, isa_name=isa)
