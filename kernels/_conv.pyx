@@ -212,16 +212,13 @@ def implicit_conv2d(x, int x_zero_point, weights, kernel, stride, pads, dilation
     p.m = oh * cv.row_len
     qg_shape(p.isa, p.m, &p.mr, &p.npanels)
     p.nc = _tile_columns(p.m, p.n, threads)
-    cdef int64_t t, tiles = qg_tile_count(&p)
+    cdef int64_t tiles = qg_tile_count(&p)
     cdef int failed = 0
     cdef _Job job
     job.p, job.cv = &p, &cv
     with nogil:
-        if threads == 1:
-            for t in range(tiles):
-                failed |= qg_conv_tile(&p, &cv, t) != 0
-        else:
-            failed = qg_parallel_for(threads, tiles, _task_conv, &job)
+        # one thread: qg_parallel_for runs the tiles in order, here
+        failed = qg_parallel_for(threads, tiles, _task_conv, &job)
     if failed:
         raise MemoryError("convolution: could not allocate a tile's scratch buffer")
     return out
@@ -281,15 +278,12 @@ cdef object _transposed_conv2d(x, int x_zero_point, weights, weight_rows, kernel
         p.nc = _balanced_columns(p.m, QG_MC, p.n, 48, threads, NC_MAX // 48)
     else:
         p.nc = max(48, _tile_columns(p.m, p.n, threads) // 48 * 48)
-    cdef int64_t t, tiles = qg_tile_count(&p)
+    cdef int64_t tiles = qg_tile_count(&p)
     cdef int failed = 0
     job.p, job.cvt = &p, &cv
     with nogil:
-        if threads == 1:
-            for t in range(tiles):
-                failed |= qg_conv_t_tile(&p, &cv, t) != 0
-        else:
-            failed = qg_parallel_for(threads, tiles, _task_conv_t, &job)
+        # one thread: qg_parallel_for runs the tiles in order, here
+        failed = qg_parallel_for(threads, tiles, _task_conv_t, &job)
     if failed:
         raise MemoryError("convolution: could not allocate a tile's scratch buffer")
     return out
@@ -783,7 +777,7 @@ cdef class PreparedConv:
         cdef qg_args p
         cdef qg_conv cv = s.cv
         cdef qg_conv_t cvt = s.cvt
-        cdef int64_t b, g, t, tiles = s.tiles, pg = self.per_group, planes = s.planes
+        cdef int64_t b, g, tiles = s.tiles, pg = self.per_group, planes = s.planes
         cdef int threads = self.threads, failed = 0
         cdef uint8_t zp = self.x_zero_point
         cdef uint8_t *image
@@ -811,11 +805,8 @@ cdef class PreparedConv:
                             pad_c4_planes(&s.ps, xg, zp, image, s.plane_stride, 0, planes)
                         else:
                             qg_parallel_for(threads, planes, _task_pad_planes, &job)
-                        if threads == 1:
-                            for t in range(tiles):
-                                failed |= qg_conv_t_tile(&p, &cvt, t) != 0
-                        else:
-                            failed = qg_parallel_for(threads, tiles, _task_conv_t, &job)
+                        # one thread: qg_parallel_for runs the tiles in order, here
+                        failed = qg_parallel_for(threads, tiles, _task_conv_t, &job)
                 elif s.kind == _IM2COL:
                     _pad_rows(&s.ps, xg if s.group_elems else NULL, zp, image, s.hp, pad_threads)
                     p.a, p.a_rs, p.apack = image + s.im2col_off, s.k_bytes, NULL
@@ -830,22 +821,16 @@ cdef class PreparedConv:
                                         image + s.im2col_off, 0, s.m)
                         else:
                             qg_parallel_for(threads, s.chunks, _task_im2col, &job)
-                        if threads == 1:
-                            for t in range(tiles):
-                                failed |= qg_tile_mc(&p, s.mc, t) != 0
-                        else:
-                            failed = qg_parallel_for(threads, tiles, _task_tile, &job)
+                        # one thread: qg_parallel_for runs the tiles in order, here
+                        failed = qg_parallel_for(threads, tiles, _task_tile, &job)
                 else:
                     _pad_rows(&s.ps, xg if s.group_elems else NULL, zp, image, s.hp, pad_threads)
                     cv.x = image
                     p.isa = self.isa_code
                     p.mr, p.npanels = s.mr, s.npanels
                     with nogil:
-                        if threads == 1:
-                            for t in range(tiles):
-                                failed |= qg_conv_tile(&p, &cv, t) != 0
-                        else:
-                            failed = qg_parallel_for(threads, tiles, _task_conv, &job)
+                        # one thread: qg_parallel_for runs the tiles in order, here
+                        failed = qg_parallel_for(threads, tiles, _task_conv, &job)
                 if failed:
                     raise MemoryError("convolution: could not allocate a tile's scratch buffer")
         return 0
