@@ -239,6 +239,41 @@ def _max_pool_planes(x, kh, kw, sh, sw, pt, pl, dh, dw, lowest, first, last, out
                     dst[xo] = hor[xo * sw]
 
 
+@numba.jit(**_JIT)
+def _max_pool_3x3_s2(xp, first, last, out):
+    """3x3 stride-2 max pooling of integer planes ``xp[first:last]``, padded so that every window
+    is inside (with the type's lowest value): per output row, the three input rows' maxima over
+    each window's three columns, then the maximum of those three rows (each loop unit-stride in
+    its output, which LLVM vectorizes). Integer maxima do not depend on the order of comparison."""
+    oh, ow = out.shape[1], out.shape[2]
+    across = np.empty((3, ow), xp.dtype)
+    for p in range(first, last):
+        for y in range(oh):
+            for r in range(3):
+                row, h = xp[p, 2 * y + r], across[r]
+                for j in range(ow):
+                    a, b, c = row[2 * j], row[2 * j + 1], row[2 * j + 2]
+                    m = a if a > b else b
+                    h[j] = m if m > c else c
+            dst, h0, h1, h2 = out[p, y], across[0], across[1], across[2]
+            for j in range(ow):
+                m = h0[j] if h0[j] > h1[j] else h1[j]
+                dst[j] = m if m > h2[j] else h2[j]
+
+
+def _max_pool_3x3_s2_planes(xv, begin, ov, lowest, threads):
+    """:func:`_max_pool_3x3_s2` on ``xv`` [P, H, W] copied once into a padded buffer."""
+    planes, height, width = xv.shape
+    oh, ow = ov.shape[1], ov.shape[2]
+    xp = np.full((planes, 2 * oh + 1, 2 * ow + 1), lowest, xv.dtype)
+    rows, cols = min(height, 2 * oh + 1 - begin[0]), min(width, 2 * ow + 1 - begin[1])
+    xp[:, begin[0]:begin[0] + rows, begin[1]:begin[1] + cols] = xv[:, :rows, :cols]
+    if threads > 1 and planes >= threads and xv.size >= 65536:
+        run_chunks(lambda first, last: _max_pool_3x3_s2(xp, first, last, ov), planes, threads)
+    else:
+        _max_pool_3x3_s2(xp, 0, planes, ov)
+
+
 def max_pool2d_planes(x, kernel, stride, begin, dilation, out_hw, threads=1):
     """ONNX MaxPool of a float32 or uint8 NCHW ``x`` to ``out_hw`` (the resolved output size,
     ceil_mode included); ``begin`` the top / left padding (positions outside ``x`` never win), split over ``threads`` by planes."""
@@ -250,6 +285,10 @@ def max_pool2d_planes(x, kernel, stride, begin, dilation, out_hw, threads=1):
         return out
     lowest = x.dtype.type(-np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min)
     xv, ov = x.reshape(planes, height, width), out.reshape((planes,) + tuple(out_hw))
+    if (x.dtype.kind in "iu" and tuple(kernel) == (3, 3) and tuple(stride) == (2, 2)
+            and tuple(dilation) == (1, 1)):  # ResNet's stem on uint8: the common quantized case
+        _max_pool_3x3_s2_planes(xv, begin, ov, lowest, threads)
+        return out
     args = (xv, kernel[0], kernel[1], stride[0], stride[1], begin[0], begin[1], dilation[0], dilation[1], lowest)
     if threads > 1 and planes >= threads and x.size >= 65536:
         run_chunks(lambda first, last: _max_pool_planes(*args, first, last, ov), planes, threads)

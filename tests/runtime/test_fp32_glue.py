@@ -115,15 +115,19 @@ POOLS = [
     ([1, 2, 9, 9], dict(kernel_shape=[5, 5], auto_pad="SAME_UPPER")),
     ([1, 2, 9, 10], dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_LOWER")),
     ([1, 6, 12, 12], dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])),
+    ([1, 3, 8, 9], dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1])),
+    ([1, 3, 7, 7], dict(kernel_shape=[3, 3], strides=[2, 2], pads=[2, 2, 2, 2])),
 ]
 
 
-@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.UINT8])
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT8])
 @pytest.mark.parametrize("shape,attrs", POOLS)
 def test_max_pool_2d(shape, attrs, dtype):
     rng = np.random.default_rng(3)
     if dtype == TensorProto.FLOAT:
         x = rng.standard_normal(shape).astype(np.float32) - 3  # mostly negative: padding must not win
+    elif dtype == TensorProto.INT8:
+        x = rng.integers(-128, -100, shape, dtype=np.int8)  # near the lowest value: padding must not win
     else:
         x = rng.integers(0, 256, shape, dtype=np.uint8)
     model = _pool_model(shape, dtype, **attrs)
