@@ -102,6 +102,16 @@ cdef int _task_tile(void *ctx, int64_t i) noexcept nogil:
     return qg_tile_mc(j.p, j.mc, i)
 
 
+cdef int _run_tiles(int threads, int64_t tiles, qg_task_fn task, _Job *job) except -1:
+    """The product's tiles on the worker pool (in order, here, on one thread)."""
+    cdef int failed
+    with nogil:
+        failed = qg_parallel_for(threads, tiles, task, job)
+    if failed:
+        raise MemoryError("convolution: could not allocate a tile's scratch buffer")
+    return 0
+
+
 cdef int _pad_rows(const pad_shape *s, const uint8_t *src, uint8_t zp, uint8_t *out, int64_t hp,
                    int threads) except -1:
     cdef _Job job
@@ -213,14 +223,9 @@ def implicit_conv2d(x, int x_zero_point, weights, kernel, stride, pads, dilation
     qg_shape(p.isa, p.m, &p.mr, &p.npanels)
     p.nc = _tile_columns(p.m, p.n, threads)
     cdef int64_t tiles = qg_tile_count(&p)
-    cdef int failed = 0
     cdef _Job job
     job.p, job.cv = &p, &cv
-    with nogil:
-        # one thread: qg_parallel_for runs the tiles in order, here
-        failed = qg_parallel_for(threads, tiles, _task_conv, &job)
-    if failed:
-        raise MemoryError("convolution: could not allocate a tile's scratch buffer")
+    _run_tiles(threads, tiles, _task_conv, &job)
     return out
 
 
@@ -279,13 +284,8 @@ cdef object _transposed_conv2d(x, int x_zero_point, weights, weight_rows, kernel
     else:
         p.nc = max(48, _tile_columns(p.m, p.n, threads) // 48 * 48)
     cdef int64_t tiles = qg_tile_count(&p)
-    cdef int failed = 0
     job.p, job.cvt = &p, &cv
-    with nogil:
-        # one thread: qg_parallel_for runs the tiles in order, here
-        failed = qg_parallel_for(threads, tiles, _task_conv_t, &job)
-    if failed:
-        raise MemoryError("convolution: could not allocate a tile's scratch buffer")
+    _run_tiles(threads, tiles, _task_conv_t, &job)
     return out
 
 
