@@ -44,6 +44,15 @@ EXTENSIONS = [
         define_macros=NUMPY_MACROS,
     ),
     Extension(
+        "graphopt.kernels._qmatmul",
+        # uint8 x uint8 activation products (attention): AVX-512 VNNI, b packed per call.
+        ["kernels/_qmatmul.pyx", "kernels/qmatmul.c"],
+        include_dirs=[numpy.get_include(), "kernels"],
+        depends=["kernels/qmatmul.h"],
+        extra_compile_args=KERNEL_FLAGS,
+        define_macros=NUMPY_MACROS,
+    ),
+    Extension(
         "graphopt.kernels._sgemm",
         # fp32 products: packed AVX-512 FMA micro-kernels, the convolutions' implicit GEMM.
         ["kernels/_sgemm.pyx", "kernels/sgemm.c"],

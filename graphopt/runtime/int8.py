@@ -20,6 +20,7 @@ import numba
 import numpy as np
 
 from graphopt import kernels
+from graphopt.kernels import _qmatmul
 from graphopt.runtime.ops import numba_fp32
 from graphopt.runtime.ops.nn import Window, conv_forward
 
@@ -122,6 +123,18 @@ class ActivationProduct:
                 or b.dtype != np.uint8):
             return self._exact(a, b)
         rows, k, columns = a.shape[-2], a.shape[-1], b.shape[-1]
+        if _qmatmul.supported():  # VNNI with the requantization in the epilogue (kernels/qmatmul.c)
+            a3, b3 = a.reshape(-1, rows, k), b.reshape(-1, k, columns)
+            if a3.strides[2] != 1:
+                a3 = np.ascontiguousarray(a3)
+            if self.quantize is None:
+                out = np.empty(a.shape[:-1] + (columns,), np.float32)
+                return _qmatmul.activation_product(a3, self.zero_points[0], b3, self.zero_points[1], out,
+                                                   scale=self.scale)
+            out = np.empty(a.shape[:-1] + (columns,), np.uint8)
+            return _qmatmul.activation_product(a3, self.zero_points[0], b3, self.zero_points[1], out,
+                                               mult=self.mult, zero_point=self.quantize[1],
+                                               low=self.clamp[0], high=self.clamp[1])
         if k <= _FLOAT32_EXACT_K:
             # the integer sums exact in float32 on BLAS: 2-3x faster than the compiled int32 loop
             # (whose accumulators round-trip through memory) at attention's sizes
