@@ -1,9 +1,9 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
-"""uint8 x int8 -> int32 GEMM with a fused epilogue, driven over threads with OpenMP.
+"""uint8 x int8 -> int32 GEMM with a fused epilogue, its tiles run on qgemm.c's worker pool.
 
 The micro-kernels and the loops around them are C (``qgemm.c``); this module validates arguments,
 packs A when the kernels cannot read it in place, cuts the product into tiles and hands them to
-``prange`` with the GIL released.
+``qg_parallel_for`` with the GIL released.
 
 Epilogue, exactly (the numpy reference in ``reference.py`` computes the same operations):
 
@@ -21,7 +21,6 @@ import os
 
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
 
 from graphopt.kernels._packing import pack_weights_vnni
@@ -33,7 +32,7 @@ include "_epilogue.pxi"
 ISA_NAMES = {"generic": QG_ISA_GENERIC, "avx2": QG_ISA_AVX2, "vnni": QG_ISA_VNNI, "amx": QG_ISA_AMX}
 # Fastest first; run-time selection takes the first one the CPU supports.
 _PREFERENCE = ("amx", "vnni", "avx2", "generic")
-# Waking a sleeping OpenMP thread costs ~10-100 us on a shared machine: a product smaller than
+# Waking a sleeping worker thread costs ~10-100 us on a shared machine: a product smaller than
 # this many multiply-adds per thread (~25 us of one core's VNNI work) is not worth splitting.
 cdef enum:
     MIN_MACS_PER_THREAD = 4_000_000
@@ -159,6 +158,10 @@ cdef int _set_weights(qg_args *p, object weights, int a_zero_point, int isa_code
     return 0
 
 
+cdef int _task_tile(void *ctx, int64_t i) noexcept nogil:
+    return qg_tile(<const qg_args *>ctx, i)
+
+
 cdef int _run(qg_args *p, cnp.ndarray a_arr, int threads) except -1:
     """The product of ``a_arr`` (checked) into ``p.out``: pack A if needed, run the tiles."""
     cdef int64_t m = cnp.PyArray_DIM(a_arr, 0), n = p.n, k = cnp.PyArray_DIM(a_arr, 1)
@@ -175,7 +178,7 @@ cdef int _run(qg_args *p, cnp.ndarray a_arr, int threads) except -1:
     cdef int64_t cs = _elements(cnp.PyArray_STRIDE(a_arr, 1), 1)
     p.a, p.a_rs, p.apack = a_ptr, rs, NULL
     cdef uint8_t *ap
-    cdef int64_t s, t, tiles = qg_tile_count(p)
+    cdef int64_t s, tiles = qg_tile_count(p)
     cdef int failed = 0
     if cs != 1 or k % 4:
         apack = np.empty(slabs * p.k4 * mr * 4, np.uint8)
@@ -184,15 +187,12 @@ cdef int _run(qg_args *p, cnp.ndarray a_arr, int threads) except -1:
         with nogil:
             for s in range(slabs):
                 qg_pack_a(mr, a_ptr, rs, cs, m, k, ap, s)
-    if threads == 1:
-        # No OpenMP region: entering one costs microseconds, a whole 1 x 768 x 768 product's worth.
-        with nogil:
-            for t in range(tiles):
-                failed |= qg_tile(p, t) != 0
-    else:
-        for t in prange(tiles, nogil=True, num_threads=threads, schedule="dynamic"):
-            if qg_tile(p, t) != 0:
-                failed = 1
+    # the worker pool of qgemm.c: its threads take tiles as they come, so a worker that the
+    # scheduler starts late (a busy shared machine) delays nothing, where OpenMP's join waited
+    # for it (a 32 x 256 x 1024 product took 60 us on one thread, 250-700 us on two); with one
+    # thread it is a plain loop
+    with nogil:
+        failed = qg_parallel_for(threads, tiles, _task_tile, p)
     if failed:
         raise MemoryError("qgemm: could not allocate a tile's scratch buffer")
     return 0
