@@ -57,9 +57,8 @@ EXTENSIONS = [
         # fp32 products: packed AVX-512 FMA micro-kernels, the convolutions' implicit GEMM.
         ["kernels/_sgemm.pyx", "kernels/sgemm.c"],
         include_dirs=[numpy.get_include(), "kernels"],
-        depends=["kernels/sgemm.h"],
-        extra_compile_args=KERNEL_FLAGS + ["-fopenmp"],
-        extra_link_args=["-fopenmp"],
+        depends=["kernels/sgemm.h", "kernels/_workers.pxi"],
+        extra_compile_args=KERNEL_FLAGS,
         define_macros=NUMPY_MACROS,
     ),
     Extension(
@@ -67,9 +66,8 @@ EXTENSIONS = [
         # fp32 depthwise convolution (one filter per channel), AVX-512 along the output rows.
         ["kernels/_dwconv.pyx", "kernels/dwconv_f32.c"],
         include_dirs=[numpy.get_include(), "kernels"],
-        depends=["kernels/dwconv_f32.h"],
-        extra_compile_args=KERNEL_FLAGS + ["-fopenmp"],
-        extra_link_args=["-fopenmp"],
+        depends=["kernels/dwconv_f32.h", "kernels/_workers.pxi"],
+        extra_compile_args=KERNEL_FLAGS,
         define_macros=NUMPY_MACROS,
     ),
 ]

@@ -2,7 +2,7 @@
 """fp32 depthwise 2-D convolution in C (``dwconv_f32.c``): NCHW, one filter per channel
 (group == C == OC), AVX-512 along the output rows with a portable fallback, bias and
 activation (none, relu, clip) fused into the store. Planes run on ``threads`` cores with the
-GIL released (OpenMP); small layers stay on one.
+GIL released (the worker pool of ``_workers.pxi``); small layers stay on one.
 
 ``depthwise_conv2d_f32`` is the one-call form; ``PreparedDepthwise`` holds the weights (laid out
 once as [C, KH*KW]) and the geometry for repeated calls.
@@ -11,7 +11,6 @@ import os
 
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 
 cnp.import_array()
@@ -32,12 +31,29 @@ cdef extern from "dwconv_f32.h" nogil:
     int dwf_planes(const dwf_shape *s, const float *x, const float *w, const float *bias,
                    float *y, int64_t p0, int64_t p1, int isa)
 
+include "_workers.pxi"
+
 ISA_NAMES = {"portable": DWF_ISA_PORTABLE, "avx512": DWF_ISA_AVX512}
+
+
+cdef struct _Chunks:  # a layer's planes in `chunks` contiguous runs, one task each
+    const dwf_shape *s
+    const float *x
+    const float *w
+    const float *bias
+    float *y
+    int64_t planes, chunks
+    int isa
+
+
+cdef int _task_chunk(void *ctx, int64_t r) noexcept nogil:
+    cdef _Chunks *j = <_Chunks *>ctx
+    return dwf_planes(j.s, j.x, j.w, j.bias, j.y, r * j.planes // j.chunks, (r + 1) * j.planes // j.chunks, j.isa)
 
 # Below this many multiply-adds a layer runs on one thread: waking a second costs more. A layer
 # runs at ~15-25 GMAC/s here, so this is ~0.2 ms of one core; at 200,000 (~10 us), mobilenetv3's
-# depthwise layers at 2 threads made the whole model 1.26x slower than at 1 thread (the OpenMP
-# join waits for a worker the shared machine schedules late).
+# depthwise layers at 2 threads made the whole model 1.26x slower than at 1 thread (OpenMP's
+# join waited for a worker the shared machine scheduled late; the worker pool does not).
 PARALLEL_MIN_MACS = 4_000_000
 
 
@@ -168,7 +184,7 @@ cdef class PreparedDepthwise:
             bp = <const float *>cnp.PyArray_DATA(<cnp.ndarray>self.bias)
         cdef float *yp = <float *>cnp.PyArray_DATA(ya)
         cdef int isa_code = self.isa_code, failed = 0
-        cdef int64_t r, chunks = threads
+        cdef int64_t chunks = threads
         if planes * s.out_height * s.out_width * s.kh * s.kw < PARALLEL_MIN_MACS:
             chunks = 1
         elif chunks > 1:
@@ -177,14 +193,11 @@ cdef class PreparedDepthwise:
             chunks = 4 * threads
         if chunks > planes:
             chunks = planes
-        if chunks == 1:
-            with nogil:
-                failed = dwf_planes(&s, xp, wp, bp, yp, 0, planes, isa_code)
-        else:
-            for r in prange(chunks, nogil=True, num_threads=threads, schedule="dynamic"):
-                if dwf_planes(&s, xp, wp, bp, yp, r * planes // chunks,
-                              (r + 1) * planes // chunks, isa_code) != 0:
-                    failed = 1
+        cdef _Chunks job
+        job.s, job.x, job.w, job.bias, job.y = &s, xp, wp, bp, yp
+        job.planes, job.chunks, job.isa = planes, chunks, isa_code
+        with nogil:
+            failed = parallel_for(threads, chunks, _task_chunk, &job)
         if failed:
             raise MemoryError("depthwise convolution: could not allocate a scratch row")
         return ya

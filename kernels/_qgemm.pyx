@@ -29,6 +29,11 @@ cnp.import_array()
 
 include "_epilogue.pxi"
 
+from cpython.pycapsule cimport PyCapsule_New
+
+# qg_parallel_for for the other kernel modules (kernels/_workers.pxi): one worker pool a process
+WORKER_POOL = PyCapsule_New(<void *>qg_parallel_for, b"graphopt.kernels.parallel_for", NULL)
+
 ISA_NAMES = {"generic": QG_ISA_GENERIC, "avx2": QG_ISA_AVX2, "vnni": QG_ISA_VNNI, "amx": QG_ISA_AMX}
 # Fastest first; run-time selection takes the first one the CPU supports.
 _PREFERENCE = ("amx", "vnni", "avx2", "generic")

@@ -1,9 +1,9 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
-"""float32 GEMM and implicit-GEMM 2-D convolution with a fused epilogue, over OpenMP threads.
+"""float32 GEMM and implicit-GEMM 2-D convolution with a fused epilogue, over the worker pool.
 
 The micro-kernels, packing and tile loops are C (``sgemm.c``, layout in ``sgemm.h``); this module
-validates arguments, chooses the blocking and the number of threads, and hands the tiles to
-``prange`` with the GIL released.
+validates arguments, chooses the blocking and the number of threads, and hands the tiles to the
+worker pool (``_workers.pxi``) with the GIL released.
 
 Epilogue: ``y = sum_k a[m, k] b[k, n]`` (float32 FMAs, blocked summation order) ``+ bias`` (per
 row or per column), then ``relu`` (``max(y, 0)``) or ``clip=(lo, hi)``; NaN passes through.
@@ -19,11 +19,12 @@ import os
 
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.math cimport INFINITY
 
 cnp.import_array()
+
+include "_workers.pxi"
 
 
 cdef extern from "sgemm.h" nogil:
@@ -77,7 +78,7 @@ _PREFERENCE = ("avx512", "generic")
 _FROM_INT8_ISA = {"amx": "avx512", "vnni": "avx512", "avx2": "generic", "generic": "generic"}
 
 cdef enum:
-    # Waking a sleeping OpenMP thread costs ~10-100 us on a shared machine: below this many
+    # Waking a sleeping worker thread costs ~10-100 us on a shared machine: below this many
     # multiply-adds per thread (~15 us of one core's AVX-512 work) a product stays on one thread.
     MIN_MACS_PER_THREAD = 1_500_000
     # Columns per tile, in 32-column panels: 8 x 32 = 256. The packed B block of a tile
@@ -260,18 +261,14 @@ cdef int _run_shifted(sg_args *p, int threads) except -1:
     return _run_tiles(p, threads)
 
 
+cdef int _task_tile(void *ctx, int64_t i) noexcept nogil:
+    return sg_tile(<sg_args *>ctx, i)
+
+
 cdef int _run_tiles(sg_args *p, int threads) except -1:
-    cdef int64_t tiles = sg_tile_count(p)
-    cdef int64_t t
-    cdef int failed = 0
-    if threads == 1:
-        # no OpenMP region: entering one costs microseconds
-        with nogil:
-            for t in range(tiles):
-                failed |= sg_tile(p, t) != 0
-    else:
-        for t in prange(tiles, nogil=True, num_threads=threads, schedule="dynamic"):
-            failed |= sg_tile(p, t) != 0  # a reduction over the threads
+    cdef int failed
+    with nogil:  # one thread: a plain loop
+        failed = parallel_for(threads, sg_tile_count(p), _task_tile, p)
     if failed:
         raise MemoryError("sgemm: could not allocate a tile's scratch buffer (or a tile was too wide)")
     return 0
