@@ -53,6 +53,15 @@ EXTENSIONS = [
         define_macros=NUMPY_MACROS,
     ),
     Extension(
+        "graphopt.kernels._qadd",
+        # onnxruntime's QLinearAdd on uint8 rows, AVX-512 with explicit FMAs.
+        ["kernels/_qadd.pyx", "kernels/qadd.c"],
+        include_dirs=[numpy.get_include(), "kernels"],
+        depends=["kernels/qadd.h"],
+        extra_compile_args=KERNEL_FLAGS,
+        define_macros=NUMPY_MACROS,
+    ),
+    Extension(
         "graphopt.kernels._sgemm",
         # fp32 products: packed AVX-512 FMA micro-kernels, the convolutions' implicit GEMM.
         ["kernels/_sgemm.pyx", "kernels/sgemm.c"],

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 
 from graphopt import kernels
-from graphopt.kernels import _qmatmul
+from graphopt.kernels import _qadd, _qmatmul
 from graphopt.runtime.ops import numba_fp32
 from graphopt.runtime.ops.nn import Window, conv_forward
 
@@ -362,22 +362,39 @@ class QLinearAdd(_Binary):
             np.float64(ratio_a) * np.float64(a_zero_point) + np.float64(np.float32(ratio_b * np.float32(b_zero_point)))))
         self.constants = (np.float64(ratio_a), np.float64(ratio_b), np.float64(fixed))
         self.constants32 = (ratio_a, ratio_b, fixed)
-        self.fma_exact = self._fma_matches()
+        self.fma_exact, self.c_exact = self._fma_matches()
         self._prepared = {}
 
-    def _fma_matches(self) -> bool:
-        """Whether the float32 FMA loops give the exact loop's result for all 65,536 input pairs
-        (they do wherever LLVM emits FMA instructions): then they are exact for every input."""
+    def _fma_matches(self) -> tuple[bool, bool]:
+        """Whether the float32 FMA loops (Numba's, then kernels/qadd.c's) give the exact loop's
+        result for all 65,536 input pairs (they do wherever FMA instructions run): then they are
+        exact for every input."""
         a = np.repeat(np.arange(256, dtype=np.uint8), 256)
         b = np.tile(np.arange(256, dtype=np.uint8), 256)
-        exact, fused, fused_rows = (np.empty(a.size, np.uint8) for _ in range(3))
+        exact, fused, fused_rows, compiled = (np.empty(a.size, np.uint8) for _ in range(4))
         _qlinear_add_run(a, *self.constants[:1], b, *self.constants[1:], exact)
         ratio_a, ratio_b, fixed = self.constants32
         _qlinear_add_run_fma_args(a, ratio_a, b, ratio_b, fixed, 0, fused)  # the loop the flat calls run
         # the row loop, with b one row repeated under every row of a (a bias)
         _qlinear_add_fma(a.reshape(256, 256), ratio_a, b[:256].reshape(1, 256), ratio_b, fixed,
                          fused_rows.reshape(256, 256))
-        return bool(np.array_equal(exact, fused) and np.array_equal(exact, fused_rows))
+        _qadd.qlinear_add(a, b, compiled, 1, a.size, False, False, ratio_a, ratio_b, fixed)
+        return (bool(np.array_equal(exact, fused) and np.array_equal(exact, fused_rows)),
+                bool(np.array_equal(exact, compiled)))
+
+    def _prepare(self, a_shape, b_shape):
+        shape, kind, rows, n = _binary_layout(a_shape, b_shape)
+        if not self.c_exact or kind not in ("flat", "rows"):
+            return super()._prepare(a_shape, b_shape)
+        # the C loop (kernels/qadd.c): the FMA form, which _fma_matches found exact
+        a_repeats = kind == "rows" and math.prod(a_shape) != math.prod(shape)
+        b_repeats = kind == "rows" and not a_repeats
+        ratio_a, ratio_b, fixed = self.constants32
+        add = _qadd.qlinear_add
+
+        def run(a, b):
+            return add(a, b, np.empty(shape, np.uint8), rows, n, a_repeats, b_repeats, ratio_a, ratio_b, fixed)
+        return run
 
     def _flat_kernel(self):
         """(loop, its four constant arguments) for ``loop(a, c0, b, c1, c2, c3, out)``."""

@@ -28,6 +28,23 @@ def test_qlinear_add_broadcasts_and_rounds_like_onnxruntime(a_shape, b_shape):
     np.testing.assert_array_equal(ours, _qlinear_add_reference(a, 0.021, 97, b, 0.037, 131, 0.045, 120))
 
 
+@pytest.mark.parametrize("scales", [(0.021, 97, 0.037, 131, 0.045, 120), (0.5, 0, 0.5, 255, 1.0, 0),
+                                    (0.0123, 128, 0.0991, 3, 0.0457, 250), (1e-3, 200, 2e-3, 10, 7e-4, 77)])
+def test_qlinear_add_c_loop_on_every_input_pair(scales):
+    """kernels/qadd.c (flat and row-broadcast calls, with a non-contiguous operand) against the
+    reference on all 65,536 pairs of uint8 values."""
+    a = np.repeat(np.arange(256, dtype=np.uint8), 256).reshape(256, 256)
+    b = np.tile(np.arange(256, dtype=np.uint8), 256).reshape(256, 256)
+    add = int8.QLinearAdd(*scales)
+    assert add.c_exact  # else the C loop is not used
+    sa, za, sb, zb, sc, zc = scales
+    np.testing.assert_array_equal(add(a, b), _qlinear_add_reference(a, sa, za, b, sb, zb, sc, zc))
+    np.testing.assert_array_equal(add(a.T, b.T), _qlinear_add_reference(a.T, sa, za, b.T, sb, zb, sc, zc))
+    row = np.arange(256, dtype=np.uint8)[::-1]
+    np.testing.assert_array_equal(add(a, row), _qlinear_add_reference(a, sa, za, row, sb, zb, sc, zc))
+    np.testing.assert_array_equal(add(row, b), _qlinear_add_reference(row, sa, za, b, sb, zb, sc, zc))
+
+
 def _qlinear_matmul_model(a_dtype, w, w_zp, y_dtype):
     inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0.02, np.float32), "sa"),
              numpy_helper.from_array(np.array(3, a_dtype), "za"),
