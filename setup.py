@@ -79,6 +79,15 @@ EXTENSIONS = [
         extra_compile_args=KERNEL_FLAGS,
         define_macros=NUMPY_MACROS,
     ),
+    Extension(
+        "graphopt.kernels._pool",
+        # 2-D max pooling of float32 / uint8 / int8 planes, AVX-512 permutes along output rows.
+        ["kernels/_pool.pyx", "kernels/pool.c"],
+        include_dirs=[numpy.get_include(), "kernels"],
+        depends=["kernels/pool.h", "kernels/_workers.pxi"],
+        extra_compile_args=KERNEL_FLAGS,
+        define_macros=NUMPY_MACROS,
+    ),
 ]
 
 # GRAPHOPT_BUILD_ONLY=name[,name]: build just those extensions (a kernel's edit-build-test loop).

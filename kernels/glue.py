@@ -13,6 +13,7 @@ import numba
 import numpy as np
 
 from graphopt.kernels._conv import conv_output_size
+from graphopt.kernels._pool import max_pool2d as _max_pool2d_planes
 
 _JIT = dict(nopython=True, nogil=True, cache=True)
 
@@ -193,108 +194,11 @@ def average_pool2d(x, kernel, stride=(1, 1), pads=(0, 0, 0, 0)):
     return _pool2d(x, kernel, stride, pads, (1, 1), True)
 
 
-@numba.jit(inline="always", **_JIT)
-def _max_into(dst, src):
-    for j in range(dst.shape[0]):
-        a, b = dst[j], src[j]
-        dst[j] = a if a >= b else b
-
-
-@numba.jit(**_JIT)
-def _max_pool_planes(x, kh, kw, sh, sw, pt, pl, dh, dw, lowest, first, last, out):
-    """2-D max pooling of planes ``x[first:last]`` (``x`` [P, H, W], ``out`` [P, OH, OW]). Per
-    output row: the max over its kernel rows into a scratch row (``lowest`` in the padding), the
-    max over the kernel columns at every start, then every ``sw``-th: all but the last step
-    contiguous loops that vectorize."""
-    height, width = x.shape[1], x.shape[2]
-    oh, ow = out.shape[1], out.shape[2]
-    span = (ow - 1) * sw + (kw - 1) * dw + 1
-    scratch = np.empty(max(span, pl + width), x.dtype)
-    scratch[:] = lowest
-    row = scratch[pl:pl + width]
-    hor = np.empty((ow - 1) * sw + 1, x.dtype)
-    for p in range(first, last):
-        plane, dst_plane = x[p], out[p]
-        for y in range(oh):
-            started = False
-            for i in range(kh):
-                iy = y * sh - pt + i * dh
-                if iy < 0 or iy >= height:
-                    continue
-                if started:
-                    _max_into(row, plane[iy])
-                else:
-                    _copy_run(row, plane[iy])
-                    started = True
-            if not started:
-                row[:] = lowest
-            dst = dst_plane[y]
-            _copy_run(hor, scratch[:hor.shape[0]])
-            for j in range(1, kw):
-                _max_into(hor, scratch[j * dw:j * dw + hor.shape[0]])
-            if sw == 1:
-                _copy_run(dst, hor)
-            else:
-                for xo in range(ow):
-                    dst[xo] = hor[xo * sw]
-
-
-@numba.jit(**_JIT)
-def _max_pool_3x3_s2(xp, first, last, out):
-    """3x3 stride-2 max pooling of integer planes ``xp[first:last]``, padded so that every window
-    is inside (with the type's lowest value): per output row, the three input rows' maxima over
-    each window's three columns, then the maximum of those three rows (each loop unit-stride in
-    its output, which LLVM vectorizes). Integer maxima do not depend on the order of comparison."""
-    oh, ow = out.shape[1], out.shape[2]
-    across = np.empty((3, ow), xp.dtype)
-    for p in range(first, last):
-        for y in range(oh):
-            for r in range(3):
-                row, h = xp[p, 2 * y + r], across[r]
-                for j in range(ow):
-                    a, b, c = row[2 * j], row[2 * j + 1], row[2 * j + 2]
-                    m = a if a > b else b
-                    h[j] = m if m > c else c
-            dst, h0, h1, h2 = out[p, y], across[0], across[1], across[2]
-            for j in range(ow):
-                m = h0[j] if h0[j] > h1[j] else h1[j]
-                dst[j] = m if m > h2[j] else h2[j]
-
-
-def _max_pool_3x3_s2_planes(xv, begin, ov, lowest, threads):
-    """:func:`_max_pool_3x3_s2` on ``xv`` [P, H, W] copied once into a padded buffer."""
-    planes, height, width = xv.shape
-    oh, ow = ov.shape[1], ov.shape[2]
-    xp = np.full((planes, 2 * oh + 1, 2 * ow + 1), lowest, xv.dtype)
-    rows, cols = min(height, 2 * oh + 1 - begin[0]), min(width, 2 * ow + 1 - begin[1])
-    xp[:, begin[0]:begin[0] + rows, begin[1]:begin[1] + cols] = xv[:, :rows, :cols]
-    if threads > 1 and planes >= threads and xv.size >= 65536:
-        run_chunks(lambda first, last: _max_pool_3x3_s2(xp, first, last, ov), planes, threads)
-    else:
-        _max_pool_3x3_s2(xp, 0, planes, ov)
-
-
-def max_pool2d_planes(x, kernel, stride, begin, dilation, out_hw, threads=1):
-    """ONNX MaxPool of a float32 or uint8 NCHW ``x`` to ``out_hw`` (the resolved output size,
-    ceil_mode included); ``begin`` the top / left padding (positions outside ``x`` never win), split over ``threads`` by planes."""
-    x = np.ascontiguousarray(x)
-    batch, channels, height, width = x.shape
-    planes = batch * channels
-    out = np.empty((batch, channels) + tuple(out_hw), x.dtype)
-    if out.size == 0:
-        return out
-    lowest = x.dtype.type(-np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min)
-    xv, ov = x.reshape(planes, height, width), out.reshape((planes,) + tuple(out_hw))
-    if (x.dtype.kind in "iu" and tuple(kernel) == (3, 3) and tuple(stride) == (2, 2)
-            and tuple(dilation) == (1, 1)):  # ResNet's stem on uint8: the common quantized case
-        _max_pool_3x3_s2_planes(xv, begin, ov, lowest, threads)
-        return out
-    args = (xv, kernel[0], kernel[1], stride[0], stride[1], begin[0], begin[1], dilation[0], dilation[1], lowest)
-    if threads > 1 and planes >= threads and x.size >= 65536:
-        run_chunks(lambda first, last: _max_pool_planes(*args, first, last, ov), planes, threads)
-    else:
-        _max_pool_planes(*args, 0, planes, ov)
-    return out
+# ONNX MaxPool of float32 / uint8 / int8 NCHW planes, (x, kernel, stride, begin, dilation,
+# out_hw, threads=1): ``out_hw`` the resolved output size (ceil_mode included), ``begin`` the
+# top / left padding (positions outside ``x`` never win). The C kernel (kernels/pool.c) itself,
+# not a wrapper: a small model's pool costs less than a Python frame.
+max_pool2d_planes = _max_pool2d_planes
 
 
 # ---- a lean persistent thread pool for nogil kernels over chunks ------------------------------

@@ -666,13 +666,23 @@ def build_max_pool(node: NodeSpec):
     want_indices = node.num_outputs() > 1
 
     taps_by_shape = {}  # input shape -> (padding needed, per axis the index of each tap)
+    # input shape -> the 2-D kernel's (kernel, strides, begin, dilations, out), or None: a call
+    # on a small model is then a lookup and the kernel (the window's resolution costs as much)
+    planes_by_shape = {}
 
     threads = node.threads
+    max_pool2d_planes = glue.max_pool2d_planes
 
     def max_pool(x):
+        if not want_indices and x.dtype.char in "fBb":  # float32, uint8, int8
+            args = planes_by_shape.get(x.shape, False)
+            if args is False:
+                kernel, strides, dilations, begin, _, _, out = window.resolve(x.shape[2:])
+                args = planes_by_shape[x.shape] = (
+                    (kernel, strides, begin, dilations, out) if len(kernel) == 2 else None)
+            if args is not None:
+                return (max_pool2d_planes(x, *args, threads),)
         kernel, strides, dilations, begin, end, _, out = window.resolve(x.shape[2:])
-        if not want_indices and len(kernel) == 2 and x.dtype in (np.float32, np.uint8, np.int8):
-            return (glue.max_pool2d_planes(x, kernel, strides, begin, dilations, out, threads),)
         if not want_indices:
             plan = taps_by_shape.get(x.shape)
             if plan is None:
