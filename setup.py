@@ -14,80 +14,35 @@ from setuptools import Extension, find_packages, setup
 KERNEL_FLAGS = ["-O3", "-ffp-contract=off"]
 NUMPY_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 
+
+def kernel(name, sources=(), depends=(), openmp=False):
+    """The extension graphopt.kernels.<name>: kernels/<name>.pyx and the C ``sources`` of kernels/."""
+    openmp_flags = ["-fopenmp"] if openmp else []
+    return Extension(f"graphopt.kernels.{name}", [f"kernels/{name}.pyx"] + [f"kernels/{c}" for c in sources],
+                     include_dirs=[numpy.get_include(), "kernels"], depends=[f"kernels/{d}" for d in depends],
+                     extra_compile_args=KERNEL_FLAGS + openmp_flags, extra_link_args=openmp_flags,
+                     define_macros=NUMPY_MACROS)
+
+
 EXTENSIONS = [
-    Extension(
-        "graphopt.kernels._packing",
-        ["kernels/_packing.pyx"],
-        include_dirs=[numpy.get_include()],
-        extra_compile_args=KERNEL_FLAGS,
-        define_macros=NUMPY_MACROS,
-    ),
-    Extension(
-        "graphopt.kernels._qgemm",
-        ["kernels/_qgemm.pyx", "kernels/qgemm.c", "kernels/layout.c"],
-        include_dirs=[numpy.get_include(), "kernels"],
-        depends=["kernels/qgemm.h", "kernels/layout.h", "kernels/_epilogue.pxi"],
-        # OpenMP for prange: tiles of the product run on `threads` cores with the GIL released.
-        extra_compile_args=KERNEL_FLAGS + ["-fopenmp"],
-        extra_link_args=["-fopenmp"],
-        define_macros=NUMPY_MACROS,
-    ),
-    Extension(
-        "graphopt.kernels._conv",
-        # The convolutions run qgemm.c's micro-kernels and epilogue (a copy linked in here).
-        ["kernels/_conv.pyx", "kernels/qgemm.c", "kernels/depthwise.c", "kernels/layout.c"],
-        include_dirs=[numpy.get_include(), "kernels"],
-        depends=["kernels/qgemm.h", "kernels/depthwise.h", "kernels/layout.h",
-                 "kernels/_epilogue.pxi"],
-        extra_compile_args=KERNEL_FLAGS + ["-fopenmp"],
-        extra_link_args=["-fopenmp"],
-        define_macros=NUMPY_MACROS,
-    ),
-    Extension(
-        "graphopt.kernels._qmatmul",
-        # uint8 x uint8 activation products (attention): AVX-512 VNNI, b packed per call.
-        ["kernels/_qmatmul.pyx", "kernels/qmatmul.c"],
-        include_dirs=[numpy.get_include(), "kernels"],
-        depends=["kernels/qmatmul.h"],
-        extra_compile_args=KERNEL_FLAGS,
-        define_macros=NUMPY_MACROS,
-    ),
-    Extension(
-        "graphopt.kernels._qadd",
-        # onnxruntime's QLinearAdd on uint8 rows, AVX-512 with explicit FMAs.
-        ["kernels/_qadd.pyx", "kernels/qadd.c"],
-        include_dirs=[numpy.get_include(), "kernels"],
-        depends=["kernels/qadd.h"],
-        extra_compile_args=KERNEL_FLAGS,
-        define_macros=NUMPY_MACROS,
-    ),
-    Extension(
-        "graphopt.kernels._sgemm",
-        # fp32 products: packed AVX-512 FMA micro-kernels, the convolutions' implicit GEMM.
-        ["kernels/_sgemm.pyx", "kernels/sgemm.c"],
-        include_dirs=[numpy.get_include(), "kernels"],
-        depends=["kernels/sgemm.h", "kernels/_workers.pxi"],
-        extra_compile_args=KERNEL_FLAGS,
-        define_macros=NUMPY_MACROS,
-    ),
-    Extension(
-        "graphopt.kernels._dwconv",
-        # fp32 depthwise convolution (one filter per channel), AVX-512 along the output rows.
-        ["kernels/_dwconv.pyx", "kernels/dwconv_f32.c"],
-        include_dirs=[numpy.get_include(), "kernels"],
-        depends=["kernels/dwconv_f32.h", "kernels/_workers.pxi"],
-        extra_compile_args=KERNEL_FLAGS,
-        define_macros=NUMPY_MACROS,
-    ),
-    Extension(
-        "graphopt.kernels._pool",
-        # 2-D max pooling of float32 / uint8 / int8 planes, AVX-512 permutes along output rows.
-        ["kernels/_pool.pyx", "kernels/pool.c"],
-        include_dirs=[numpy.get_include(), "kernels"],
-        depends=["kernels/pool.h", "kernels/_workers.pxi"],
-        extra_compile_args=KERNEL_FLAGS,
-        define_macros=NUMPY_MACROS,
-    ),
+    kernel("_packing"),
+    # uint8 x int8 GEMM; its tiles (and every other kernel's) run on qgemm.c's worker pool, which
+    # _qgemm exports to the other modules (kernels/_workers.pxi).
+    kernel("_qgemm", ["qgemm.c", "layout.c"], ["qgemm.h", "layout.h", "_epilogue.pxi"]),
+    # The convolutions run qgemm.c's micro-kernels and epilogue (a copy linked in here); OpenMP
+    # for the prange loops of its data movement.
+    kernel("_conv", ["qgemm.c", "depthwise.c", "layout.c"], ["qgemm.h", "depthwise.h", "layout.h", "_epilogue.pxi"],
+           openmp=True),
+    # uint8 x uint8 activation products (attention): AVX-512 VNNI, b packed per call.
+    kernel("_qmatmul", ["qmatmul.c"], ["qmatmul.h"]),
+    # onnxruntime's QLinearAdd on uint8 rows, AVX-512 with explicit FMAs.
+    kernel("_qadd", ["qadd.c"], ["qadd.h"]),
+    # fp32 products: packed AVX-512 FMA micro-kernels, the convolutions' implicit GEMM.
+    kernel("_sgemm", ["sgemm.c"], ["sgemm.h", "_workers.pxi"]),
+    # fp32 depthwise convolution (one filter per channel), AVX-512 along the output rows.
+    kernel("_dwconv", ["dwconv_f32.c"], ["dwconv_f32.h", "_workers.pxi"]),
+    # 2-D max pooling of float32 / uint8 / int8 planes, AVX-512 permutes along output rows.
+    kernel("_pool", ["pool.c"], ["pool.h", "_workers.pxi"]),
 ]
 
 # GRAPHOPT_BUILD_ONLY=name[,name]: build just those extensions (a kernel's edit-build-test loop).
