@@ -7,9 +7,10 @@ GIL released (the worker pool of ``_workers.pxi``); small layers stay on one.
 ``depthwise_conv2d_f32`` is the one-call form; ``PreparedDepthwise`` holds the weights (laid out
 once as [C, KH*KW]) and the geometry for repeated calls.
 """
-import os
 
 import numpy as np
+
+from graphopt.kernels._choice import avx512_or_portable
 cimport numpy as cnp
 from libc.stdint cimport int64_t
 
@@ -60,15 +61,7 @@ PARALLEL_MIN_MACS = 4_000_000
 def isa(name=None):
     """The kernel path to run: ``name`` ("auto", "avx512", "portable"), else
     $GRAPHOPT_DWCONV_ISA, else the best this CPU supports."""
-    if name is None:
-        name = os.environ.get("GRAPHOPT_DWCONV_ISA") or "auto"
-    if name == "auto":
-        return "avx512" if dwf_avx512_supported() else "portable"
-    if name not in ISA_NAMES:
-        raise ValueError(f"isa must be one of auto, {', '.join(ISA_NAMES)}, got {name!r}")
-    if name == "avx512" and not dwf_avx512_supported():
-        raise ValueError("isa 'avx512': this CPU lacks AVX-512F")
-    return name
+    return avx512_or_portable(name, "GRAPHOPT_DWCONV_ISA", bool(dwf_avx512_supported()))
 
 
 def _ints(value, n, what):

@@ -7,9 +7,10 @@ The call path is short on purpose: small models (digits-cnn) pool an 8x8 plane i
 microsecond, so the arguments are read as plain ints, the output comes from PyArray_EMPTY, and
 no memoryview is taken.
 """
-import os
 
 import numpy as np
+
+from graphopt.kernels._choice import avx512_or_portable
 cimport numpy as cnp
 from libc.stdint cimport int64_t
 
@@ -54,15 +55,7 @@ cdef int64_t PARALLEL_MIN_BYTES = 1 << 20
 def isa(name=None):
     """The kernel path to run: ``name`` ("auto", "avx512", "portable"), else
     $GRAPHOPT_POOL_ISA, else the best this CPU supports."""
-    if name is None:
-        name = os.environ.get("GRAPHOPT_POOL_ISA") or "auto"
-    if name == "auto":
-        return "avx512" if mxp_avx512_supported() else "portable"
-    if name not in ISA_NAMES:
-        raise ValueError(f"isa must be one of auto, {', '.join(ISA_NAMES)}, got {name!r}")
-    if name == "avx512" and not mxp_avx512_supported():
-        raise ValueError("isa 'avx512': this CPU lacks AVX-512F")
-    return name
+    return avx512_or_portable(name, "GRAPHOPT_POOL_ISA", bool(mxp_avx512_supported()))
 
 
 cdef int _default_isa = ISA_NAMES[isa()]

@@ -187,24 +187,15 @@ MXP_TARGET_F MXP_INLINE void f32_avx512(const mxp_shape *s, const float *x, floa
 #define MXP_IS(s, k, st) ((s)->kh == (k) && (s)->kw == (k) && (s)->stride_h == (st) \
                           && (s)->stride_w == (st) && (s)->dilation_h == 1 && (s)->dilation_w == 1)
 
-MXP_TARGET static void u8_avx512(const mxp_shape *s, const uint8_t *x, uint8_t *y, int64_t p0, int64_t p1)
+MXP_TARGET static void bytes_avx512_any(const mxp_shape *s, const uint8_t *x, uint8_t *y, int64_t p0,
+                                        int64_t p1, int is_signed)
 {
     if (MXP_IS(s, 3, 2))
-        bytes_avx512(s, x, y, p0, p1, 0, 3, 3, 2, 2, 1, 1);
+        bytes_avx512(s, x, y, p0, p1, is_signed, 3, 3, 2, 2, 1, 1);
     else if (MXP_IS(s, 2, 2))
-        bytes_avx512(s, x, y, p0, p1, 0, 2, 2, 2, 2, 1, 1);
+        bytes_avx512(s, x, y, p0, p1, is_signed, 2, 2, 2, 2, 1, 1);
     else
-        bytes_avx512(s, x, y, p0, p1, 0, MXP_GEOMETRY(s));
-}
-
-MXP_TARGET static void i8_avx512(const mxp_shape *s, const uint8_t *x, uint8_t *y, int64_t p0, int64_t p1)
-{
-    if (MXP_IS(s, 3, 2))
-        bytes_avx512(s, x, y, p0, p1, 1, 3, 3, 2, 2, 1, 1);
-    else if (MXP_IS(s, 2, 2))
-        bytes_avx512(s, x, y, p0, p1, 1, 2, 2, 2, 2, 1, 1);
-    else
-        bytes_avx512(s, x, y, p0, p1, 1, MXP_GEOMETRY(s));
+        bytes_avx512(s, x, y, p0, p1, is_signed, MXP_GEOMETRY(s));
 }
 
 MXP_TARGET_F static void f32_avx512_any(const mxp_shape *s, const float *x, float *y, int64_t p0, int64_t p1)
@@ -278,10 +269,8 @@ int mxp_planes(const mxp_shape *s, const void *x, void *y, int64_t p0, int64_t p
     if (isa == MXP_ISA_AVX512 && ext < 2 * lanes && (s->dtype == MXP_F32 || bytes_supported())) {
         if (s->dtype == MXP_F32)
             f32_avx512_any(s, x, y, p0, p1);
-        else if (s->dtype == MXP_U8)
-            u8_avx512(s, x, y, p0, p1);
         else
-            i8_avx512(s, x, y, p0, p1);
+            bytes_avx512_any(s, x, y, p0, p1, s->dtype == MXP_I8);
         return 0;
     }
     const int64_t n = (s->out_width - 1) * s->stride_w + 1;
