@@ -5,6 +5,7 @@ add the zero point, saturate to [0, 255]. ``np.rint`` rounds half to even. No ke
 dot products: those live in the compiled GEMM and depthwise kernels.
 """
 import functools
+import itertools
 import os
 import queue
 import threading
@@ -202,7 +203,30 @@ max_pool2d_planes = _max_pool2d_planes
 
 
 # ---- a lean persistent thread pool for nogil kernels over chunks ------------------------------
-# concurrent.futures costs ~20 us a submit; a SimpleQueue per worker and one per call cost a few.
+# concurrent.futures costs ~20 us a submit; a SimpleQueue per worker costs a few.
+class _Job:
+    """Chunks of one run_chunks call, each claimed once by whichever thread comes first: the
+    caller takes what a worker has not started, so a worker that the scheduler wakes late (its
+    core busy with another process) delays nothing; the caller waits only for chunks under way."""
+
+    def __init__(self, fn, bounds):
+        self.fn, self.bounds, self.chunks = fn, bounds, len(bounds) - 1
+        self.claims = itertools.count()  # next() is atomic under the GIL
+        self.finished, self.error = 0, None
+        self.lock, self.done = threading.Lock(), threading.Event()
+
+    def work(self):
+        while (k := next(self.claims)) < self.chunks:
+            try:
+                self.fn(self.bounds[k], self.bounds[k + 1])
+            except BaseException as error:  # handed to the caller, which raises it
+                self.error = error
+            with self.lock:
+                self.finished += 1
+                if self.finished == self.chunks:
+                    self.done.set()
+
+
 class _Workers:
     def __init__(self, count: int):
         self.queues = [queue.SimpleQueue() for _ in range(count)]
@@ -212,12 +236,7 @@ class _Workers:
     @staticmethod
     def _loop(q):
         while True:
-            fn, first, last, done = q.get()
-            try:
-                fn(first, last)
-                done.put(None)
-            except BaseException as error:  # handed to the caller, which raises it
-                done.put(error)
+            q.get().work()
 
 
 @functools.lru_cache(maxsize=None)
@@ -229,20 +248,17 @@ def _workers(count: int, pid: int) -> _Workers:
 
 def run_chunks(fn, n: int, threads: int, align: int = 1) -> None:
     """``fn(first, last)`` over ``threads`` contiguous chunks of ``range(n)`` (bounds multiples of
-    ``align``), the calling thread taking the first; returns when all are done. ``fn`` should
-    release the GIL (a ``nogil`` Numba kernel) for the chunks to run at once."""
+    ``align``), on the calling thread and the pool's workers; returns when all are done. ``fn``
+    should release the GIL (a ``nogil`` Numba kernel) for the chunks to run at once."""
     bounds = [min(n, -(-(n * k // threads) // align) * align) for k in range(threads)] + [n]
-    tasks = [(bounds[k], bounds[k + 1]) for k in range(1, threads) if bounds[k] < bounds[k + 1]]
-    if not tasks:
+    bounds = [b for k, b in enumerate(bounds) if k == 0 or b > bounds[k - 1]]
+    if len(bounds) <= 2:
         fn(0, n)
         return
-    workers, done = _workers(threads - 1, os.getpid()), queue.SimpleQueue()
-    for q, (first, last) in zip(workers.queues, tasks):
-        q.put((fn, first, last, done))
-    try:
-        fn(bounds[0], bounds[1])
-    finally:
-        errors = [done.get() for _ in tasks]
-    for error in errors:
-        if error is not None:
-            raise error
+    job = _Job(fn, bounds)
+    for q in _workers(threads - 1, os.getpid()).queues[:job.chunks - 1]:
+        q.put(job)
+    job.work()
+    job.done.wait()
+    if job.error is not None:
+        raise job.error

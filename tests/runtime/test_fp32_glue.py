@@ -288,3 +288,16 @@ def test_run_chunks_covers_the_range_once_and_raises_worker_errors():
             raise ValueError("worker chunk")
     with pytest.raises(ValueError, match="worker chunk"):
         glue.run_chunks(fail, 100, 2)
+
+
+def test_run_chunks_does_not_wait_for_a_worker_that_never_starts(monkeypatch):
+    """A worker whose core is taken (here: one that never reads its queue): the caller runs
+    every chunk itself instead of waiting."""
+    import queue
+    import types
+    from graphopt.kernels import glue
+    monkeypatch.setattr(glue, "_workers", lambda count, pid: types.SimpleNamespace(
+        queues=[queue.SimpleQueue() for _ in range(count)]))
+    seen = []
+    glue.run_chunks(lambda first, last: seen.append((first, last)), 300, 3)
+    assert seen == [(0, 100), (100, 200), (200, 300)]
