@@ -12,7 +12,6 @@ import threading
 
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
 
 cnp.import_array()
@@ -49,9 +48,12 @@ cdef extern from "depthwise.h" nogil:
 _workspace = threading.local()
 
 
-# Input images (bytes per group) from which PreparedConv pads on several threads.
+# Input images (bytes per group) from which PreparedConv pads on several threads: a 3x3
+# convolution of 56 x 56 x 64 at 2 threads ran 7% faster with its 200 KiB padded on both.
+# im2col matrices (bytes) from which it copies on several threads.
 cdef enum:
-    _PARALLEL_PAD_BYTES = 256 * 1024
+    _PARALLEL_PAD_BYTES = 64 * 1024
+    _PARALLEL_IM2COL_BYTES = 512 * 1024
 
 
 # Tasks for qg_parallel_for (the worker pool that PreparedConv runs its loops on): ctx points
@@ -64,7 +66,7 @@ cdef struct _Job:
     const uint8_t *src
     uint8_t *out
     uint8_t zp
-    int64_t mc, per, total, plane_stride
+    int64_t mc, kc, per, total, plane_stride
 
 
 cdef int _task_pad_rows(void *ctx, int64_t i) noexcept nogil:
@@ -94,12 +96,12 @@ cdef int _task_conv_t(void *ctx, int64_t i) noexcept nogil:
 
 cdef int _task_conv(void *ctx, int64_t i) noexcept nogil:
     cdef _Job *j = <_Job *>ctx
-    return qg_conv_tile(j.p, j.cv, i)
+    return qg_conv_tile_mc(j.p, j.cv, j.mc, i)
 
 
 cdef int _task_tile(void *ctx, int64_t i) noexcept nogil:
     cdef _Job *j = <_Job *>ctx
-    return qg_tile_mc(j.p, j.mc, i)
+    return qg_tile_mc_kc(j.p, j.mc, j.kc, i)
 
 
 cdef int _run_tiles(int threads, int64_t tiles, qg_task_fn task, _Job *job) except -1:
@@ -109,6 +111,34 @@ cdef int _run_tiles(int threads, int64_t tiles, qg_task_fn task, _Job *job) exce
         failed = qg_parallel_for(threads, tiles, task, job)
     if failed:
         raise MemoryError("convolution: could not allocate a tile's scratch buffer")
+    return 0
+
+
+cdef struct _DwJob:  # a depthwise convolution's channels (planar) or output rows in chunks
+    const dw_shape *s
+    const qg_args *p
+    const uint8_t *x
+    const int32_t *quads
+    const int32_t *taps
+    int64_t channels, padded_width, pixel_stride, per_chunk, total
+    bint planar
+
+
+cdef int _task_depthwise(void *ctx, int64_t r) noexcept nogil:
+    cdef _DwJob *j = <_DwJob *>ctx
+    cdef int64_t first = r * j.per_chunk, last = min(j.total, (r + 1) * j.per_chunk)
+    if j.planar:
+        return dw_planes_vbmi(j.s, j.x, j.quads, j.p, first, last)
+    return dw_rows_portable(j.s, j.channels, j.padded_width, j.pixel_stride, j.x, j.taps, j.p, first, last)
+
+
+cdef int _run_depthwise(int threads, _DwJob *job) except -1:
+    """The chunks on the worker pool (one thread: in order, here)."""
+    cdef int failed
+    with nogil:
+        failed = qg_parallel_for(threads, (job.total + job.per_chunk - 1) // job.per_chunk, _task_depthwise, job)
+    if failed:
+        raise MemoryError("depthwise convolution: could not allocate a task's scratch")
     return 0
 
 
@@ -202,7 +232,7 @@ def implicit_conv2d(x, int x_zero_point, weights, kernel, stride, pads, dilation
     cdef bint flat = sh == 1 and sw == 1
     # Flat: virtual rows as wide as the padded input, whose last row's dropped columns read
     # (kw - 1) * dw pixels past the image.
-    cdef uint8_t *image
+    cdef uint8_t *image = NULL
     _pad_image(x, x_zero_point, pads[0], pads[1], hp, wp, c4, (kw - 1) * dw + 1, &image, threads)
     tap_off = _tap_offsets(kh, kw, dh * wp * c4, dw * c4)
     cv.x = image
@@ -224,9 +254,18 @@ def implicit_conv2d(x, int x_zero_point, weights, kernel, stride, pads, dilation
     p.nc = _tile_columns(p.m, p.n, threads)
     cdef int64_t tiles = qg_tile_count(&p)
     cdef _Job job
-    job.p, job.cv = &p, &cv
+    job.p, job.cv, job.mc = &p, &cv, QG_MC
     _run_tiles(threads, tiles, _task_conv, &job)
     return out
+
+
+cdef int64_t _plane_row(int64_t width, int64_t left, int64_t right, int64_t out_width) noexcept:
+    """Pixels per row of the transposed path's planes (stride 1). A row's right border and the
+    next row's left border are the same zero points: a tap past the end of a row reads the next
+    row's left border, so a row needs only max(left, right) of them (28 + 1 instead of 28 + 2
+    virtual pixels per output row, whose extra columns are computed and dropped). Wide enough for
+    every output column too, where the pads outreach the kernel."""
+    return max(width + max(left, right), out_width)
 
 
 cdef object _transposed_conv2d(x, int x_zero_point, weights, weight_rows, kernel, pads, dilation,
@@ -244,9 +283,9 @@ cdef object _transposed_conv2d(x, int x_zero_point, weights, weight_rows, kernel
     s.top, s.left = pads[0], pads[1]
     cdef int64_t kh = kernel[0], kw = kernel[1], dh = dilation[0], dw = dilation[1]
     cdef int64_t hp = s.height + pads[0] + pads[2]
-    s.padded_width = s.width + pads[1] + pads[3]
     cdef int64_t oh = conv_output_size(s.height, kh, 1, pads[0], pads[2], dh)
     cdef int64_t ow = conv_output_size(s.width, kw, 1, pads[1], pads[3], dw)
+    s.padded_width = _plane_row(s.width, pads[1], pads[3], ow)
     cdef int64_t groups = (s.channels + 3) // 4, oc = weights.n
     keep = _prepare_params(&p, oc, bias, scale, output, out_scale, out_zero_point, relu, clip)
     _prepare_out(&p, oh * ow, oc, out)
@@ -278,11 +317,8 @@ cdef object _transposed_conv2d(x, int x_zero_point, weights, weight_rows, kernel
     p.m, p.n, p.k4 = oc, oh * s.padded_width, weight_rows.shape[1] // 4
     p.a_zero_point = x_zero_point
     p.col_sums = <const int32_t *>cnp.PyArray_DATA(col_sums)
-    # Whole micro-kernel widths (3 panels, 48 pixels) per tile.
-    if threads > 1:
-        p.nc = _balanced_columns(p.m, QG_MC, p.n, 48, threads, NC_MAX // 48)
-    else:
-        p.nc = max(48, _tile_columns(p.m, p.n, threads) // 48 * 48)
+    p.nc = _transposed_columns(p.m, p.n, threads,
+                               output == "uint8" and s.padded_width >= QG_T_FUSED_ROW)
     cdef int64_t tiles = qg_tile_count(&p)
     job.p, job.cvt = &p, &cv
     _run_tiles(threads, tiles, _task_conv_t, &job)
@@ -336,10 +372,10 @@ def depthwise_conv2d(x, int x_zero_point, packed, kernel, stride, pads, dilation
     cdef const int32_t *quad_ptr = <const int32_t *>cnp.PyArray_DATA(<cnp.ndarray>quads)
     cdef const int32_t *tap_ptr = <const int32_t *>cnp.PyArray_DATA(<cnp.ndarray>taps)
     cdef const uint8_t *src = <const uint8_t *>cnp.PyArray_DATA(xa)
-    cdef uint8_t *image
-    cdef int64_t r, chunks, per_chunk, total
+    cdef uint8_t *image = NULL
+    cdef int64_t per_chunk, total
     cdef int64_t stride_px = taps.shape[1], wp = s.width + pads[1] + pads[3]
-    cdef int failed = 0, planar = vectorized and dw_vbmi_supported() and dw_vbmi_fits(&s)
+    cdef bint planar = vectorized and dw_vbmi_supported() and dw_vbmi_fits(&s)
     if planar:
         # Chunks of channels, a few per thread, so that each task reuses its scratch plane.
         total = c
@@ -349,23 +385,11 @@ def depthwise_conv2d(x, int x_zero_point, packed, kernel, stride, pads, dilation
                    stride_px, 0, &image, threads)
         total = s.out_height
         per_chunk = 4
-    chunks = (total + per_chunk - 1) // per_chunk
-    if threads == 1:
-        with nogil:
-            if planar:
-                failed = dw_planes_vbmi(&s, src, quad_ptr, &p, 0, total)
-            else:
-                failed = dw_rows_portable(&s, c, wp, stride_px, image, tap_ptr, &p, 0, total)
-    else:
-        for r in prange(chunks, nogil=True, num_threads=threads, schedule="static"):
-            if planar:
-                failed |= dw_planes_vbmi(&s, src, quad_ptr, &p, r * per_chunk,
-                                         min(total, (r + 1) * per_chunk)) != 0
-            else:
-                failed |= dw_rows_portable(&s, c, wp, stride_px, image, tap_ptr, &p,
-                                           r * per_chunk, min(total, (r + 1) * per_chunk)) != 0
-    if failed:
-        raise MemoryError("depthwise convolution: could not allocate a task's scratch")
+    cdef _DwJob job
+    job.s, job.p, job.x, job.quads, job.taps = &s, &p, src if planar else image, quad_ptr, tap_ptr
+    job.channels, job.padded_width, job.pixel_stride = c, wp, stride_px
+    job.per_chunk, job.total, job.planar = per_chunk, total, planar
+    _run_depthwise(threads, &job)
     return out
 
 
@@ -395,14 +419,19 @@ cdef enum:
 _IM2COL_MODE = os.environ.get("GRAPHOPT_CONV_IM2COL", "auto")
 # The explicit im2col matrix is m x K bytes: beyond this, the implicit paths run instead.
 _IM2COL_MAX_BYTES = 4 << 20
-# Micro-kernel shapes (rows, 16-column panels) the im2col path picks from.
+# Micro-kernel shapes (rows, 16-column panels) the im2col and row paths pick from.
 _IM2COL_SHAPES = ((6, 4), (7, 3), (8, 3))
+# Micro-kernel cycles per output element that the row path spends beyond the transposed one:
+# a channels-last padded copy and an epilogue that transposes, against planes of 4 channels and
+# requantization in the micro-kernel (measured on 3x3 convolutions of 56 x 56 x 64).
+_ROWS_EXTRA_CYCLES = 0.6
 
 
 def _ukr_cycles(int64_t m, int64_t n, int64_t mc, int64_t nc, int mr, int np_):
     """Rough cycles per group of 4 along K for an m x n product cut into mc x nc tiles and
-    mr x np_ micro-kernel calls: one vpdpbusd per cycle, two loads per cycle, and at least the
-    instruction's latency per update of an accumulator."""
+    mr x np_ micro-kernel calls: one vpdpbusd per cycle, two loads per cycle, at least the
+    instruction's latency per update of an accumulator, and B's panels streamed from L2, which
+    slabs of one or two rows barely reuse (a 1 x 4 slab ran at half speed)."""
     cdef int64_t i0, i, j0, j, rows, panels, mrc, npc
     cdef double total = 0
     for i0 in range(0, m, mc):
@@ -413,33 +442,79 @@ def _ukr_cycles(int64_t m, int64_t n, int64_t mc, int64_t nc, int mr, int np_):
                 mrc = min(mr, rows - i)
                 for j in range(0, panels, np_):
                     npc = min(np_, panels - j)
-                    total += max(mrc * npc, (mrc + npc) * 0.5, 4.0)
+                    total += max(mrc * npc, (mrc + npc) * 0.5, 4.0, 2.4 * npc)
     return total
+
+
+cdef double _tile_span(int64_t m, int64_t mc, int64_t n, int64_t nc, int64_t unit, int threads):
+    """Simulated finishing time of ``threads`` threads taking the mc x nc tiles of an m x n
+    product in order as they come free, each tile costing its area plus a fixed overhead."""
+    cdef int64_t i0, j0, rows
+    cdef double overhead = 0.25 * unit * min(m, mc)
+    free = [0.0] * threads
+    for i0 in range(0, m, mc):
+        rows = min(mc, m - i0)
+        for j0 in range(0, n, nc):
+            k = free.index(min(free))
+            free[k] += rows * min(nc, n - j0) + overhead
+    return max(free)
 
 
 def _balanced_columns(int64_t m, int64_t mc, int64_t n, int64_t unit, int threads,
                       int64_t max_units):
     """Columns per tile (a multiple of ``unit``, at most ``max_units`` of them) for ``threads``
-    threads taking tiles in order as they come free: the smallest simulated finishing time, each
-    tile costing its area plus a fixed overhead."""
-    cdef int64_t units = (n + unit - 1) // unit, per, i0, j0, rows, best_per = 1
-    cdef double best = -1, span, overhead = 0.25 * unit * min(m, mc)
+    threads: the smallest _tile_span."""
+    cdef int64_t units = (n + unit - 1) // unit, per, best_per = 1
+    cdef double best = -1, span
     for per in range(1, min(units, max_units) + 1):
-        free = [0.0] * threads
-        for i0 in range(0, m, mc):
-            rows = min(mc, m - i0)
-            for j0 in range(0, n, per * unit):
-                k = free.index(min(free))
-                free[k] += rows * min(per * unit, n - j0) + overhead
-        span = max(free)
+        span = _tile_span(m, mc, n, per * unit, unit, threads)
         if best < 0 or span < best * 0.999:
             best, best_per = span, per
     return best_per * unit
 
 
+cdef int64_t _transposed_columns(int64_t m, int64_t n, int threads, bint fused):
+    """Pixels per tile on the transposed path: whole micro-kernel widths (3 panels, 48). A tile
+    whose output the micro-kernel requantizes (``fused``) has no int32 sums to keep in L2 and
+    may be wider than NC_MAX: at 2 threads, 56 x 56 x 64 ran 4% faster in 4 tiles than in 9."""
+    cdef int64_t unit = 16 * QG_T_NP
+    if threads > 1:
+        return _balanced_columns(m, QG_MC, n, unit, threads,
+                                 (n + unit - 1) // unit if fused else NC_MAX // unit)
+    return max(unit, _tile_columns(m, n, threads) // unit * unit)
+
+
+cdef _row_tiling(int64_t oh, int64_t ow, int64_t n, int threads):
+    """(cycles, mr, np, mc, nc) for the implicit path with slabs that stop at the end of each
+    of oh output rows of ow pixels: the micro-kernel shape that wastes least on such rows (as
+    rated by _ukr_cycles), and tiles of whole rows. One thread: as few tiles as rows of QG_MC
+    pixels allow, of equal height. Several: the height (up to twice that) and width with the
+    smallest _tile_span; 28 rows in tiles of 5 left 3 tiles to one of 2 threads and 2 and a
+    short one to the other."""
+    cdef int64_t row_tiles = (oh * ow + QG_MC - 1) // QG_MC, rows, gw, nc = 0, mc = 0
+    cdef double span, best_span
+    best = None
+    for mr, np_ in _IM2COL_SHAPES:
+        gw = 16 * np_
+        if threads == 1:
+            mc = (oh + row_tiles - 1) // row_tiles * ow
+            nc = min(NC_MAX // gw, (n + gw - 1) // gw) * gw
+        else:
+            best_span = -1
+            for rows in range(min(oh, max(1, 2 * QG_MC // ow)), 0, -1):
+                tile_nc = _balanced_columns(oh * ow, rows * ow, n, gw, threads, NC_MAX // gw)
+                span = _tile_span(oh * ow, rows * ow, n, tile_nc, gw, threads)
+                if best_span < 0 or span < best_span * 0.999:
+                    best_span, mc, nc = span, rows * ow, tile_nc
+        cost = oh * _ukr_cycles(ow, n, ow, nc, mr, np_)
+        if best is None or cost < best[0]:
+            best = (cost, mr, np_, mc, nc)
+    return best
+
+
 cdef _im2col_tiling(int64_t m, int64_t n, int threads):
-    """(mr, np, mc, nc) for the im2col path: the micro-kernel shape that wastes least on this
-    m and n, tiles of whole slabs and whole panel groups, and (threads > 1) enough tiles."""
+    """(cycles, mr, np, mc, nc) for the im2col path: the micro-kernel shape that wastes least on
+    this m and n, tiles of whole slabs and whole panel groups, and (threads > 1) enough tiles."""
     best = None
     cdef int64_t mc, nc, gw, groups, m_blocks, splits
     for mr, np_ in _IM2COL_SHAPES:
@@ -453,7 +528,22 @@ cdef _im2col_tiling(int64_t m, int64_t n, int threads):
         cost = _ukr_cycles(m, n, mc, nc, mr, np_)
         if best is None or cost < best[0]:
             best = (cost, mr, np_, mc, nc)
-    return best[1:]
+    return best
+
+
+# L2 bytes that a tile's block of A and micro-panel of B may take on the im2col path.
+cdef enum:
+    _IM2COL_BLOCK_BYTES = 512 * 1024
+
+
+cdef int64_t _im2col_kc(int64_t rows, int np_, int64_t k4) noexcept:
+    """Groups of 4 along K per cache block on the im2col path: the whole reduction where the
+    tile's rows of A and one micro-panel of B fit _IM2COL_BLOCK_BYTES together (2304 deep for
+    3x3 x 256 channels: 2% faster than blocks of 1024, whose int32 tile each block after the
+    first reloads), else the fewest blocks of equal depth that fit."""
+    cdef int64_t blocks = max(1, (k4 * 4 * (rows + 16 * np_) + _IM2COL_BLOCK_BYTES - 1)
+                                 // _IM2COL_BLOCK_BYTES)
+    return (k4 + blocks - 1) // blocks
 
 
 cdef class _GroupArgs:
@@ -471,7 +561,7 @@ cdef class _ShapePlan:
     cdef bint empty
     cdef int64_t batch, image_elems, group_elems, pixels, hp, scratch_bytes
     cdef int64_t m, n, k4, nc, tiles, chunks, per_chunk, total, plane_stride, planes
-    cdef int64_t mc, im2col_off, k_bytes
+    cdef int64_t mc, kc, im2col_off, k_bytes
     cdef int mr, npanels
     cdef pad_shape ps
     cdef qg_conv cv
@@ -615,22 +705,24 @@ cdef class PreparedConv:
             s.chunks = (s.total + s.per_chunk - 1) // s.per_chunk
             return s
         cdef int64_t c4 = (cg + 3) // 4 * 4
-        cdef int64_t k_bytes = kh * kw * c4, out_px = oh * ow
-        cdef double t_eff = 1.0
-        cdef bint im2col = False
+        cdef int64_t k_bytes = kh * kw * c4, out_px = oh * ow, k4 = k_bytes // 4
+        cdef bint im2col = False, stride1 = sh == 1 and sw == 1
+        # VNNI: pixels as rows in slabs that stop at the end of each output row, of the shape
+        # that fits the row (no pixel is wasted where the row is a multiple of the slab: 7, 14,
+        # 28), in tiles of whole rows; or an explicit im2col matrix, or at stride 1 transposed.
+        rows = None
+        if self.isa_code == QG_ISA_VNNI:
+            rows = _row_tiling(oh, ow, self.per_group, self.threads)
         if self.isa_code == QG_ISA_VNNI and _IM2COL_MODE != "0" and out_px * k_bytes <= _IM2COL_MAX_BYTES:
             if _IM2COL_MODE == "1":
                 im2col = True
-            elif k_bytes >= 64:
-                if sh == 1 and sw == 1:
-                    # The transposed path computes whole panels of 16 virtual pixels, as wide
-                    # as the padded rows: on 7x7 and 14x14 maps a quarter or an eighth is waste.
-                    t_eff = out_px / (((oh * wp + 15) // 16) * 16.0)
-                    im2col = t_eff < 0.9
-                else:
-                    # Strided: the implicit path's slabs of 6 pixels stop at the ends of short
-                    # output rows (7 or 14 pixels); on large maps it is as fast without the copy.
-                    im2col = out_px <= 400
+            elif k_bytes >= 64 and not stride1 and out_px <= 400:
+                # Strided, small maps: the matrix lets slabs run across short output rows, worth
+                # its copy only where the row path's slabs fit the rows worse (on 14 x 14 and
+                # 7 x 7 outputs of 3x3 convolutions the row path ran 1-2% faster at 1 thread,
+                # 10-18% at 2).
+                im2col = out_px <= 8 or (_im2col_tiling(out_px, self.per_group, self.threads)[0]
+                                         * 1.02 < rows[0])
         if im2col:
             s.kind = _IM2COL
             s.ps.channels, s.ps.height, s.ps.width = cg, height, width
@@ -652,15 +744,26 @@ cdef class PreparedConv:
                 s.mc = QG_MC
                 s.nc = _tile_columns(s.m, s.n, self.threads)
             else:
-                s.mr, s.npanels, s.mc, s.nc = _im2col_tiling(s.m, s.n, self.threads)
+                s.mr, s.npanels, s.mc, s.nc = _im2col_tiling(s.m, s.n, self.threads)[1:]
+            s.kc = _im2col_kc(min(s.m, s.mc), s.npanels, s.k4)
             tmp.m, tmp.n, tmp.nc = s.m, s.n, s.nc
             s.tiles = qg_tile_count_mc(&tmp, s.mc)
             # Chunks of output pixels for the im2col copy on several threads.
             s.per_chunk = max(1, -(-out_px // (2 * self.threads)))
             s.chunks = (out_px + s.per_chunk - 1) // s.per_chunk
             return s
-        if self.isa_code == QG_ISA_VNNI and sh == 1 and sw == 1:
+        # Stride 1: transposed instead where that costs fewer micro-kernel cycles, the row
+        # path's channels-last padding and transposing epilogue included.
+        cdef int64_t plane_row = _plane_row(width, pl, pr, ow), t_n = oh * plane_row
+        if self.isa_code == QG_ISA_VNNI and stride1:
+            t_nc = _transposed_columns(self.per_group, t_n, self.threads,
+                                       self.output == "uint8" and plane_row >= QG_T_FUSED_ROW)
+            if (rows[0] * k4 + _ROWS_EXTRA_CYCLES * out_px * self.per_group
+                    >= _ukr_cycles(self.per_group, t_n, QG_MC, t_nc, QG_T_MR, QG_T_NP) * k4):
+                rows = None
+        if self.isa_code == QG_ISA_VNNI and stride1 and rows is None:
             s.kind = _TRANSPOSED
+            wp = plane_row
             s.ps.channels, s.ps.height, s.ps.width = cg, height, width
             s.ps.top, s.ps.left, s.ps.padded_width, s.ps.pixel_stride = pt, pl, wp, 4
             s.planes = (cg + 3) // 4
@@ -671,12 +774,9 @@ cdef class PreparedConv:
             s.cvt.row_len, s.cvt.out_width = wp, ow
             s.cvt.taps = kh * kw
             s.cvt.tap_off = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>s.tap_off)
-            s.m, s.n = self.per_group, oh * wp
+            s.m, s.n = self.per_group, t_n
             s.k4 = self.weights.weight_rows[0].shape[1] // 4
-            if self.threads > 1:
-                s.nc = _balanced_columns(s.m, QG_MC, s.n, 48, self.threads, NC_MAX // 48)
-            else:
-                s.nc = max(48, _tile_columns(s.m, s.n, self.threads) // 48 * 48)
+            s.mc, s.nc = QG_MC, t_nc
         else:
             s.kind = _IMPLICIT
             s.ps.channels, s.ps.height, s.ps.width = cg, height, width
@@ -690,12 +790,15 @@ cdef class PreparedConv:
             s.cv.out_width = ow
             s.cv.in_px_stride = sw * c4
             s.cv.in_row_stride = sh * wp * c4
-            s.cv.row_len = wp if (sh == 1 and sw == 1) else ow
-            s.m, s.n, s.k4 = oh * s.cv.row_len, self.per_group, kh * kw * c4 // 4
-            qg_shape(self.isa_code, s.m, &s.mr, &s.npanels)
-            s.nc = _tile_columns(s.m, s.n, self.threads)
+            s.cv.row_len = ow if rows is not None or not stride1 else wp
+            s.m, s.n, s.k4 = oh * s.cv.row_len, self.per_group, k4
+            if rows is None:
+                qg_shape(self.isa_code, s.m, &s.mr, &s.npanels)
+                s.mc, s.nc = QG_MC, _tile_columns(s.m, s.n, self.threads)
+            else:
+                s.mr, s.npanels, s.mc, s.nc = rows[1:]
         tmp.m, tmp.n, tmp.nc = s.m, s.n, s.nc
-        s.tiles = qg_tile_count(&tmp)
+        s.tiles = qg_tile_count_mc(&tmp, s.mc)
         return s
 
     def __call__(self, x, out=None):
@@ -740,11 +843,14 @@ cdef class PreparedConv:
         quads, taps, sums = self.weights.depthwise_weights
         cdef const int32_t *quad_ptr = <const int32_t *>cnp.PyArray_DATA(<cnp.ndarray>quads)
         cdef const int32_t *tap_ptr = <const int32_t *>cnp.PyArray_DATA(<cnp.ndarray>taps)
-        cdef int64_t b, r, c = self.out_channels, wp = s.ps.padded_width, stride_px = s.ps.pixel_stride
-        cdef int64_t total = s.total, per_chunk = s.per_chunk, chunks = s.chunks
-        cdef int threads = self.threads, failed = 0
+        cdef int64_t b, c = self.out_channels
+        cdef int threads = self.threads
         cdef uint8_t *image = NULL
         cdef const uint8_t *xb
+        cdef _DwJob job
+        job.s, job.p, job.quads, job.taps = &s.ds, &p, quad_ptr, tap_ptr
+        job.channels, job.padded_width, job.pixel_stride = c, s.ps.padded_width, s.ps.pixel_stride
+        job.per_chunk, job.total = s.per_chunk, s.total
         p.out_rs, p.out_cs = 1, s.pixels
         for b in range(s.batch):
             p.out = dst + b * c * s.pixels * self.itemsize
@@ -754,22 +860,9 @@ cdef class PreparedConv:
                 image = <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>buf)
                 _pad_rows(&s.ps, xb if s.image_elems else NULL, <uint8_t>self.x_zero_point,
                           image, s.hp, threads)
-            if threads == 1:
-                with nogil:
-                    if s.kind == _DW_PLANAR:
-                        failed = dw_planes_vbmi(&s.ds, xb, quad_ptr, &p, 0, total)
-                    else:
-                        failed = dw_rows_portable(&s.ds, c, wp, stride_px, image, tap_ptr, &p, 0, total)
-            else:
-                for r in prange(chunks, nogil=True, num_threads=threads, schedule="static"):
-                    if s.kind == _DW_PLANAR:
-                        failed |= dw_planes_vbmi(&s.ds, xb, quad_ptr, &p, r * per_chunk,
-                                                 min(total, (r + 1) * per_chunk)) != 0
-                    else:
-                        failed |= dw_rows_portable(&s.ds, c, wp, stride_px, image, tap_ptr, &p,
-                                                   r * per_chunk, min(total, (r + 1) * per_chunk)) != 0
-            if failed:
-                raise MemoryError("depthwise convolution: could not allocate a task's scratch")
+            job.planar = s.kind == _DW_PLANAR
+            job.x = xb if job.planar else image
+            _run_depthwise(threads, &job)
         return 0
 
     cdef int _gemm(self, _ShapePlan s, const uint8_t *src, char *dst) except -1:
@@ -787,7 +880,8 @@ cdef class PreparedConv:
         cdef int pad_threads = threads if s.group_elems >= _PARALLEL_PAD_BYTES else 1
         buf = _scratch(s.scratch_bytes)
         image = <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>buf)
-        job.p, job.cv, job.cvt, job.ps, job.zp, job.mc = &p, &cv, &cvt, &s.ps, zp, s.mc
+        job.p, job.cv, job.cvt, job.ps, job.zp = &p, &cv, &cvt, &s.ps, zp
+        job.mc, job.kc = s.mc, s.kc
         for b in range(s.batch):
             for g in range(self.groups):
                 ga = <_GroupArgs>self.groups_args[g]
@@ -815,7 +909,7 @@ cdef class PreparedConv:
                     job.src, job.out = image, image + s.im2col_off
                     job.plane_stride, job.per, job.total = s.k_bytes // cv.taps, s.per_chunk, s.m
                     with nogil:
-                        if threads == 1 or s.m * s.k_bytes < 2 * _PARALLEL_PAD_BYTES:
+                        if threads == 1 or s.m * s.k_bytes < _PARALLEL_IM2COL_BYTES:
                             im2col_rows(image, cv.tap_off, cv.taps, s.k_bytes // cv.taps,
                                         cv.out_width, cv.in_row_stride, cv.in_px_stride,
                                         image + s.im2col_off, 0, s.m)

@@ -12,6 +12,9 @@ cdef extern from "qgemm.h" nogil:
         QG_OUT_FLOAT32
         QG_MC
         QG_NC_GRANULE
+        QG_T_MR
+        QG_T_NP
+        QG_T_FUSED_ROW
     ctypedef struct qg_args:
         int isa
         int mr, npanels
@@ -54,7 +57,9 @@ cdef extern from "qgemm.h" nogil:
     int qg_tile(const qg_args *p, int64_t tile)
     int64_t qg_tile_count_mc(const qg_args *p, int64_t mc)
     int qg_tile_mc(const qg_args *p, int64_t mc, int64_t tile)
+    int qg_tile_mc_kc(const qg_args *p, int64_t mc, int64_t kc, int64_t tile)
     int qg_conv_tile(const qg_args *p, const qg_conv *cv, int64_t tile)
+    int qg_conv_tile_mc(const qg_args *p, const qg_conv *cv, int64_t mc, int64_t tile)
     int qg_conv_t_tile(const qg_args *p, const qg_conv_t *cv, int64_t tile)
     void qg_epilogue(const qg_args *p, const int32_t *acc, int64_t rs, int64_t cs,
                      int64_t m0, int64_t mc, int64_t n0, int64_t nc)

@@ -9,13 +9,16 @@ Two families of paths, chosen by the weights' shape when they are packed:
 * anything else: an implicit GEMM that never writes an im2col matrix (KH*KW times the image).
   Each image (and group) is copied once into a zero-point-padded workspace that the
   micro-kernel reads every tap from. Stride 1 on the VNNI path runs transposed: output channels
-  are the GEMM's rows, the workspace holds planes of 4 channels, and the sums come out
-  pixel-contiguous as NCHW stores them. Other strides and ISAs read a channels-last workspace
-  with pixels as rows. On the VNNI path, :class:`PreparedConv` writes an explicit im2col matrix
-  after all where the implicit paths waste work: small maps (7x7, 14x14), whose padded rows the
-  transposed path computes in whole panels of 16 pixels, and strided layers with at most 400
-  output pixels, whose short output rows cut the implicit path's slabs of 6 pixels. The
-  micro-kernel shape (6x4, 7x3 or 8x3) is chosen to fit the pixel count (49 = 7 x 7).
+  are the GEMM's rows, the workspace holds planes of 4 channels whose rows share their border
+  column with the next, and the sums come out pixel-contiguous as NCHW stores them (uint8
+  output straight from the micro-kernel's registers). Other strides and ISAs read a
+  channels-last workspace with pixels as rows.
+  On the VNNI path, :class:`PreparedConv` reads pixels as rows in slabs that stop at the end
+  of each output row, of a micro-kernel shape (6x4, 7x3 or 8x3) that fits the row (7x3 for
+  rows of 7, 14, 28), also at stride 1 where that wastes less than the transposed path (7x7
+  to 28x28 maps, whose planes' rows are cut into panels of 16 pixels); it writes an explicit
+  im2col matrix after all for strided layers with at most 400 output pixels whose rows fit the
+  slabs worse than the matrix's rows, which run across output rows.
 
 The GEMM convolutions' threads run on a small pool of persistent workers (``qg_parallel_for`` in ``qgemm.c``)
 rather than OpenMP: the caller waits only for tiles that a worker has actually taken, so a worker

@@ -93,12 +93,45 @@ void transpose_u8(const uint8_t *src, int64_t rows, int64_t cols, int64_t src_rs
 static void interleave4_16(const uint8_t *c0, const uint8_t *c1, const uint8_t *c2,
                            const uint8_t *c3, uint8_t *dst);
 
+/* Image rows [y0, y1) of a narrow image (width < 16, 16+ channels and pixels) to their padded
+ * places: 16 consecutive pixels of the flattened rows at a time through one 16 x 16 block, each
+ * pixel's 16 channels then stored where its row puts it. Row by row, transpose_u8 went through
+ * partial blocks, with a copy of variable length per channel and per pixel. */
+static void pad_narrow_rows(const pad_shape *s, const uint8_t *x, uint8_t *out, int64_t y0,
+                            int64_t y1)
+{
+    const int64_t plane = s->height * s->width, p0 = y0 * s->width, p1 = y1 * s->width;
+    uint8_t block[16 * 16];
+    for (int64_t c = 0; c < s->channels; c += 16) {
+        const int64_t c0 = c + 16 <= s->channels ? c : s->channels - 16;
+        for (int64_t p = p0; p < p1; p += 16) {
+            /* The last blocks of each direction move back to end at the edge. */
+            const int64_t q = p + 16 <= p1 ? p : p1 - 16;
+            transpose_16x16(x + c0 * plane + q, plane, block, 16);
+            int64_t y = q / s->width, col = q % s->width;
+            for (int i = 0; i < 16; i++) {
+                const int64_t at = (y + s->top) * s->padded_width + s->left + col;
+                memcpy(out + at * s->pixel_stride + c0, block + i * 16, 16);
+                if (++col == s->width) {
+                    col = 0;
+                    y++;
+                }
+            }
+        }
+    }
+}
+
 void pad_channels_last_rows(const pad_shape *s, const uint8_t *x, uint8_t zero_point,
                             uint8_t *out, int64_t row0, int64_t row1)
 {
     /* 1 to 4 channels at 4 bytes a pixel (an RGB stem): 16 pixels at a time, the missing
      * channels as zero points (their weights are zero). */
     const int quad = s->channels <= 4 && s->pixel_stride == 4 && s->width >= 16;
+    const int64_t y0 = row0 - s->top > 0 ? row0 - s->top : 0;
+    const int64_t y1 = row1 - s->top < s->height ? row1 - s->top : s->height;
+    const int narrow = !quad && s->width < 16 && s->channels >= 16 && (y1 - y0) * s->width >= 16;
+    if (narrow)
+        pad_narrow_rows(s, x, out, y0, y1);
     uint8_t fill[16];
     memset(fill, zero_point, sizeof fill);
     const int64_t row_bytes = s->padded_width * s->pixel_stride;
@@ -120,7 +153,7 @@ void pad_channels_last_rows(const pad_shape *s, const uint8_t *x, uint8_t zero_p
                 interleave4_16(c[0] + at, c[1] ? c[1] + at : fill, c[2] ? c[2] + at : fill,
                                c[3] ? c[3] + at : fill, row + (s->left + at) * 4);
             }
-        } else {
+        } else if (!narrow) {
             transpose_u8(x + y * s->width, s->channels, s->width, s->height * s->width,
                          row + s->left * s->pixel_stride, s->pixel_stride);
         }

@@ -60,7 +60,7 @@ int qg_cpu_supports(int isa)
     case QG_ISA_AVX2: return __builtin_cpu_supports("avx2");
     case QG_ISA_VNNI:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
-               && __builtin_cpu_supports("avx512vnni");
+               && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
     default: return 0; /* AMX: no micro-kernel in this build */
     }
 }
@@ -113,7 +113,8 @@ void qg_pack_a(int mr, const uint8_t *a, int64_t rs, int64_t cs, int64_t m, int6
 
 /* ---- AVX-512 VNNI -------------------------------------------------------------------------- */
 
-#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+/* VL for the 16-byte masked stores of the transposed convolution's uint8 output. */
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
 /* The accumulators are named scalars, not an array: GCC keeps an array of vectors in memory and
  * spills every update. mr and np are compile-time constants in each instantiation, so the guards
@@ -218,9 +219,41 @@ static const ukr_fn vnni_table[VNNI_MAX_MR][VNNI_MAX_NP] = {
         VNNI_EACH_COL(VNNI_T_FMA, i)                                                             \
     }
 
+/* uint8 output requantized from the accumulators (qg_conv_t_tile): the int32 tile and the
+ * epilogue's second pass over it took 5% of a 3x3 convolution on 56 x 56 pixels, this 2-3%. Row
+ * i is output channel i of out, bias, col_sums and mult; panel j's 16 pixels land in up to two
+ * runs, one per virtual row (see t_runs): lane 0 of run r at at[j][r], its lanes k[j][r]. */
+typedef struct {
+    uint8_t *out;
+    int64_t out_cs;
+    const int32_t *bias, *col_sums;
+    const float *mult;
+    int32_t a_zero_point, zero_point;
+    float lo_rel, hi_rel;           /* the quantized bounds less the zero point */
+    int64_t at[QG_T_NP][2];
+    __mmask16 k[QG_T_NP][2];
+} t_store;
+
+#define VNNI_T_REQUANTIZE(i, j)                                                                  \
+    if (VNNI_LIVE(i, j)) {                                                                       \
+        if ((j) == 0) {                                                                          \
+            shift = _mm512_set1_epi32(o->bias[i] - o->a_zero_point * o->col_sums[i]);           \
+            mult = _mm512_set1_ps(o->mult[i]);                                                   \
+        }                                                                                        \
+        const __m128i q = _mm512_cvtusepi32_epi8(                                               \
+            qg_requantize16(_mm512_add_epi32(c##i##j, shift), mult, lo, hi, zp));               \
+        uint8_t *plane = out + (i) * out_cs;                                                     \
+        if (k[j][0])                                                                             \
+            _mm_mask_storeu_epi8(plane + at[j][0], k[j][0], q);                                 \
+        if (k[j][1])                                                                             \
+            _mm_mask_storeu_epi8(plane + at[j][1], k[j][1], q);                                 \
+    }
+
+/* Stores the sums to c, or with o, requantizes them into the output. */
 static inline __attribute__((always_inline)) VNNI_TARGET void
 vnni_ukr_t(const int mr, const int np, int taps, const int64_t *tap_off, int64_t kg,
-           const int8_t *a, int64_t a_rs, const uint8_t *b, int64_t b_gs, int32_t *c, int64_t ldc)
+           const int8_t *a, int64_t a_rs, const uint8_t *b, int64_t b_gs, int32_t *c, int64_t ldc,
+           const t_store *o)
 {
     const __m512i zero = _mm512_setzero_si512();
     const int accumulate = 0;
@@ -235,27 +268,39 @@ vnni_ukr_t(const int mr, const int np, int taps, const int64_t *tap_off, int64_t
             VNNI_T_ROW(4, _) VNNI_T_ROW(5, _) VNNI_T_ROW(6, _) VNNI_T_ROW(7, _)
         }
     }
-    VNNI_EACH(VNNI_STORE)
+    if (!o) {
+        VNNI_EACH(VNNI_STORE)
+        return;
+    }
+    /* Locals: a store through out may alias o, which would reload its fields after each. */
+    uint8_t *const out = o->out;
+    const int64_t out_cs = o->out_cs;
+    int64_t at[QG_T_NP][2];
+    __mmask16 k[QG_T_NP][2];
+    memcpy(at, o->at, sizeof at);
+    memcpy(k, o->k, sizeof k);
+    const __m512 lo = _mm512_set1_ps(o->lo_rel), hi = _mm512_set1_ps(o->hi_rel);
+    const __m512i zp = _mm512_set1_epi32(o->zero_point);
+    __m512i shift = zero;
+    __m512 mult = _mm512_setzero_ps();
+    VNNI_EACH(VNNI_T_REQUANTIZE)
 }
 
 typedef void (*ukr_t_fn)(int, const int64_t *, int64_t, const int8_t *, int64_t, const uint8_t *,
-                         int64_t, int32_t *, int64_t);
+                         int64_t, int32_t *, int64_t, const t_store *);
 #define VNNI_UKR_T(MR_, NP_)                                                                      \
     static VNNI_TARGET void vnni_ukr_t_##MR_##_##NP_(int taps, const int64_t *tap_off,             \
                                                      int64_t kg, const int8_t *a, int64_t a_rs,   \
                                                      const uint8_t *b, int64_t b_gs, int32_t *c,  \
-                                                     int64_t ldc)                                 \
+                                                     int64_t ldc, const t_store *o)               \
     {                                                                                             \
-        vnni_ukr_t(MR_, NP_, taps, tap_off, kg, a, a_rs, b, b_gs, c, ldc);                        \
+        vnni_ukr_t(MR_, NP_, taps, tap_off, kg, a, a_rs, b, b_gs, c, ldc, o);                     \
     }
-/* 8 channels x 3 panels (48 pixels): 64 output channels split into 8 whole slabs. */
-#define VNNI_T_MR 8
-#define VNNI_T_NP 3
 #define VNNI_UKR_T_ROW(MR_) VNNI_UKR_T(MR_, 1) VNNI_UKR_T(MR_, 2) VNNI_UKR_T(MR_, 3)
 VNNI_UKR_T_ROW(1) VNNI_UKR_T_ROW(2) VNNI_UKR_T_ROW(3) VNNI_UKR_T_ROW(4)
 VNNI_UKR_T_ROW(5) VNNI_UKR_T_ROW(6) VNNI_UKR_T_ROW(7) VNNI_UKR_T_ROW(8)
 #define VNNI_T_TABLE(MR_) { vnni_ukr_t_##MR_##_1, vnni_ukr_t_##MR_##_2, vnni_ukr_t_##MR_##_3 }
-static const ukr_t_fn vnni_t_table[VNNI_T_MR][VNNI_T_NP] = {
+static const ukr_t_fn vnni_t_table[QG_T_MR][QG_T_NP] = {
     VNNI_T_TABLE(1), VNNI_T_TABLE(2), VNNI_T_TABLE(3), VNNI_T_TABLE(4),
     VNNI_T_TABLE(5), VNNI_T_TABLE(6), VNNI_T_TABLE(7), VNNI_T_TABLE(8),
 };
@@ -610,7 +655,7 @@ typedef struct {
     int32_t *c;
 } qg_tile_box;
 
-static int tile_box_mc(const qg_args *p, int64_t mc, int64_t tile, qg_tile_box *t)
+static int tile_box_mc(const qg_args *p, int64_t mc, int64_t tile, int scratch, qg_tile_box *t)
 {
     const int64_t n_tiles_n = (p->n + p->nc - 1) / p->nc;
     t->m0 = (tile / n_tiles_n) * mc;
@@ -619,13 +664,13 @@ static int tile_box_mc(const qg_args *p, int64_t mc, int64_t tile, qg_tile_box *
     t->nc = p->n - t->n0 < p->nc ? p->n - t->n0 : p->nc;
     t->panels = (t->nc + 15) / 16;
     t->ldc = t->panels * 16;
-    t->c = aligned_alloc(64, (size_t)((t->mc * t->ldc * 4 + 63) / 64 * 64));
-    return t->c ? 0 : -1;
+    t->c = scratch ? aligned_alloc(64, (size_t)((t->mc * t->ldc * 4 + 63) / 64 * 64)) : NULL;
+    return t->c || !scratch ? 0 : -1;
 }
 
-static int tile_box(const qg_args *p, int64_t tile, qg_tile_box *t)
+static int tile_box(const qg_args *p, int64_t tile, int scratch, qg_tile_box *t)
 {
-    return tile_box_mc(p, QG_MC, tile, t);
+    return tile_box_mc(p, QG_MC, tile, scratch, t);
 }
 
 int64_t qg_tile_count_mc(const qg_args *p, int64_t mc)
@@ -640,16 +685,21 @@ int qg_tile(const qg_args *p, int64_t tile)
 
 int qg_tile_mc(const qg_args *p, int64_t mc, int64_t tile)
 {
+    return qg_tile_mc_kc(p, mc, QG_KC_GROUPS, tile);
+}
+
+int qg_tile_mc_kc(const qg_args *p, int64_t mc, int64_t kc, int64_t tile)
+{
     const int mr = p->mr, np = p->npanels;
     qg_tile_box t;
-    if (tile_box_mc(p, mc, tile, &t))
+    if (tile_box_mc(p, mc, tile, 1, &t))
         return -1;
     const int64_t bps = p->k4 * 64; /* bytes from one 16-column panel to the next */
     /* BLIS loops 3-1: KC blocks of the reduction; NR column groups; MR row slabs. The KC loop
      * runs at least once, so that K = 0 still zeroes the tile. */
     int64_t g0 = 0;
     do {
-        const int64_t kg = p->k4 - g0 < QG_KC_GROUPS ? p->k4 - g0 : QG_KC_GROUPS;
+        const int64_t kg = p->k4 - g0 < kc ? p->k4 - g0 : kc;
         for (int64_t jp = 0; jp < t.panels; jp += np) {
             const int npc = (int)(t.panels - jp < np ? t.panels - jp : np);
             const int8_t *b = p->bpack + (t.n0 / 16 + jp) * bps + g0 * 64;
@@ -670,7 +720,7 @@ int qg_tile_mc(const qg_args *p, int64_t mc, int64_t tile)
                         t.c + i * t.ldc + jp * 16, t.ldc, g0 > 0);
             }
         }
-        g0 += QG_KC_GROUPS;
+        g0 += kc;
     } while (g0 < p->k4);
     qg_epilogue(p, t.c, t.ldc, 1, t.m0, t.mc, t.n0, t.nc);
     free(t.c);
@@ -681,11 +731,16 @@ int qg_tile_mc(const qg_args *p, int64_t mc, int64_t tile)
  * one group of panels, taps x C x 64 bytes (73 KiB for 3x3 x 128 channels), stays in L2. */
 int qg_conv_tile(const qg_args *p, const qg_conv *cv, int64_t tile)
 {
+    return qg_conv_tile_mc(p, cv, QG_MC, tile);
+}
+
+int qg_conv_tile_mc(const qg_args *p, const qg_conv *cv, int64_t mc, int64_t tile)
+{
     const int mr = p->mr, np = p->npanels;
     const int64_t kg = p->k4 / cv->taps, bps = p->k4 * 64;
     const int flat = cv->in_row_stride == cv->row_len * cv->in_px_stride;
     qg_tile_box t;
-    if (tile_box(p, tile, &t))
+    if (tile_box_mc(p, mc, tile, 1, &t))
         return -1;
     for (int64_t jp = 0; jp < t.panels; jp += np) {
         const int npc = (int)(t.panels - jp < np ? t.panels - jp : np);
@@ -701,41 +756,83 @@ int qg_conv_tile(const qg_args *p, const qg_conv *cv, int64_t tile)
             i += rows;
         }
     }
-    /* Virtual row by virtual row, the columns that exist in the output. */
+    /* Virtual row by virtual row, the columns that exist in the output; rows as long as the
+     * output's follow each other there, and go in one run (whole 16 x 16 blocks for the
+     * transposing epilogue, where rows of 14 pixels each went through partial ones). */
     for (int64_t i = 0; i < t.mc;) {
         const int64_t px = t.m0 + i, row = px / cv->row_len, col = px % cv->row_len;
-        const int64_t run = t.mc - i < cv->row_len - col ? t.mc - i : cv->row_len - col;
-        if (col < cv->out_width) {
-            const int64_t real = run < cv->out_width - col ? run : cv->out_width - col;
-            qg_epilogue(p, t.c + i * t.ldc, t.ldc, 1, row * cv->out_width + col, real, t.n0, t.nc);
+        int64_t run = t.mc - i, real = run;
+        if (cv->row_len != cv->out_width) {
+            run = run < cv->row_len - col ? run : cv->row_len - col;
+            real = col >= cv->out_width ? 0 : run < cv->out_width - col ? run : cv->out_width - col;
         }
+        if (real)
+            qg_epilogue(p, t.c + i * t.ldc, t.ldc, 1, row * cv->out_width + col, real, t.n0, t.nc);
         i += run;
     }
     free(t.c);
     return 0;
 }
 
-/* Rows: output channels in slabs of VNNI_T_MR; columns: virtual pixels (p->n of them), in
- * panels of 16. The sums come out channel-major, pixels contiguous, as NCHW wants them. */
+/* Lanes [first, end) of 16, end clipped to 16. */
+static __mmask16 lane_range(int64_t first, int64_t end)
+{
+    end = end < 16 ? end : 16;
+    return end <= first ? 0 : (__mmask16)(((1u << end) - 1) & ~((1u << first) - 1));
+}
+
+/* The output pixels among the 16 virtual pixels from v, which span at most two virtual rows
+ * (row_len >= QG_T_FUSED_ROW): those before vend in columns below out_width, as a run in v's row
+ * and one in the next, each with the output index that lane 0 would have. */
+static void t_runs(const qg_conv_t *cv, int64_t v, int64_t vend, __mmask16 k[2], int64_t at[2])
+{
+    const int64_t row = v / cv->row_len, col = v % cv->row_len, ow = cv->out_width;
+    const int64_t end = vend - v, next = cv->row_len - col; /* next: the next row's first lane */
+    k[0] = lane_range(0, end < ow - col ? end : ow - col);
+    at[0] = row * ow + col;
+    k[1] = lane_range(next, end < next + ow ? end : next + ow);
+    at[1] = (row + 1) * ow - next;
+}
+
+/* Rows: output channels in slabs of QG_T_MR; columns: virtual pixels (p->n of them), in
+ * panels of 16. The sums come out channel-major, pixels contiguous, as NCHW wants them; uint8
+ * output with rows of QG_T_FUSED_ROW pixels or more goes straight from the micro-kernel. */
 int qg_conv_t_tile(const qg_args *p, const qg_conv_t *cv, int64_t tile)
 {
     const int64_t kg = p->k4 / cv->taps, a_rs = p->k4 * 4;
+    const int fused = p->out_kind == QG_OUT_UINT8 && cv->row_len >= QG_T_FUSED_ROW;
     qg_tile_box t;
-    if (tile_box(p, tile, &t))
+    if (tile_box(p, tile, !fused, &t))
         return -1;
-    for (int64_t jp = 0; jp < t.panels; jp += VNNI_T_NP) {
-        const int npc = (int)(t.panels - jp < VNNI_T_NP ? t.panels - jp : VNNI_T_NP);
+    t_store o;
+    o.out_cs = p->out_cs;
+    o.a_zero_point = p->a_zero_point;
+    o.zero_point = p->out_zero_point;
+    o.lo_rel = p->lo - (float)p->out_zero_point;
+    o.hi_rel = p->hi - (float)p->out_zero_point;
+    for (int64_t jp = 0; jp < t.panels; jp += QG_T_NP) {
+        const int npc = (int)(t.panels - jp < QG_T_NP ? t.panels - jp : QG_T_NP);
         const uint8_t *b = cv->x + (t.n0 + jp * 16) * 4;
-        for (int64_t i = 0; i < t.mc; i += VNNI_T_MR) {
-            const int mrc = (int)(t.mc - i < VNNI_T_MR ? t.mc - i : VNNI_T_MR);
-            vnni_t_table[mrc - 1][npc - 1](cv->taps, cv->tap_off, kg, cv->w + (t.m0 + i) * a_rs,
-                                            a_rs, b, cv->plane_stride, t.c + i * t.ldc + jp * 16,
-                                            t.ldc);
+        for (int j = 0; fused && j < npc; j++)
+            t_runs(cv, t.n0 + (jp + j) * 16, t.n0 + t.nc, o.k[j], o.at[j]);
+        for (int64_t i = 0; i < t.mc; i += QG_T_MR) {
+            const int mrc = (int)(t.mc - i < QG_T_MR ? t.mc - i : QG_T_MR);
+            const int64_t n = t.m0 + i;
+            if (fused) {
+                o.out = (uint8_t *)p->out + n * p->out_cs;
+                o.bias = p->bias + n;
+                o.col_sums = p->col_sums + n;
+                o.mult = p->mult + n;
+            }
+            vnni_t_table[mrc - 1][npc - 1](cv->taps, cv->tap_off, kg, cv->w + n * a_rs, a_rs, b,
+                                            cv->plane_stride,
+                                            fused ? NULL : t.c + i * t.ldc + jp * 16, t.ldc,
+                                            fused ? &o : NULL);
         }
     }
     /* Virtual row by virtual row, the columns that exist in the output; the sums are read as
      * [pixels, channels] with pixels contiguous. */
-    for (int64_t j = 0; j < t.nc;) {
+    for (int64_t j = 0; !fused && j < t.nc;) {
         const int64_t px = t.n0 + j, row = px / cv->row_len, col = px % cv->row_len;
         const int64_t run = t.nc - j < cv->row_len - col ? t.nc - j : cv->row_len - col;
         if (col < cv->out_width) {

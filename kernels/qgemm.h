@@ -65,6 +65,13 @@ typedef struct {
  * tap t plus pixel p at 4 * p + tap_off[t]. The sums come out pixel-contiguous, as NCHW
  * stores them. p->m = output channels, p->n = virtual pixels; the epilogue still sees
  * [pixels, channels] (out_rs = 1). */
+/* Its micro-kernel: 8 output channels x 3 panels (48 pixels); 64 channels are 8 whole slabs.
+ * uint8 output is requantized in the micro-kernel where virtual rows have QG_T_FUSED_ROW
+ * pixels or more (a panel then spans at most two). */
+#define QG_T_MR 8
+#define QG_T_NP 3
+#define QG_T_FUSED_ROW 16
+
 typedef struct {
     const uint8_t *x;
     int64_t plane_stride;
@@ -94,8 +101,12 @@ int qg_tile(const qg_args *p, int64_t tile);
 /* The same with mc rows per tile (a multiple of p->mr) instead of QG_MC. */
 int64_t qg_tile_count_mc(const qg_args *p, int64_t mc);
 int qg_tile_mc(const qg_args *p, int64_t mc, int64_t tile);
+/* The same with kc groups of 4 along the reduction per cache block instead of 256. */
+int qg_tile_mc_kc(const qg_args *p, int64_t mc, int64_t kc, int64_t tile);
 /* One tile of an implicit-GEMM convolution (p->m = virtual rows x row_len); same return. */
 int qg_conv_tile(const qg_args *p, const qg_conv *cv, int64_t tile);
+/* The same with mc rows per tile (a multiple of p->mr, or of cv->row_len) instead of QG_MC. */
+int qg_conv_tile_mc(const qg_args *p, const qg_conv *cv, int64_t mc, int64_t tile);
 int qg_conv_t_tile(const qg_args *p, const qg_conv_t *cv, int64_t tile);
 /* Applies the epilogue to raw sums acc (row i, col j at acc[i * rs + j * cs]) for rows
  * [m0, m0 + mc) and columns [n0, n0 + nc); used by the tiles and by the depthwise convolution. */
