@@ -15,13 +15,12 @@ KERNEL_FLAGS = ["-O3", "-ffp-contract=off"]
 NUMPY_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 
 
-def kernel(name, sources=(), depends=(), openmp=False):
-    """The extension graphopt.kernels.<name>: kernels/<name>.pyx and the C ``sources`` of kernels/."""
-    openmp_flags = ["-fopenmp"] if openmp else []
+def kernel(name, sources=(), depends=()):
+    """The extension graphopt.kernels.<name>: kernels/<name>.pyx and the C ``sources`` of kernels/.
+    No OpenMP: the kernels split work over qgemm.c's worker pool (kernels/_workers.pxi)."""
     return Extension(f"graphopt.kernels.{name}", [f"kernels/{name}.pyx"] + [f"kernels/{c}" for c in sources],
                      include_dirs=[numpy.get_include(), "kernels"], depends=[f"kernels/{d}" for d in depends],
-                     extra_compile_args=KERNEL_FLAGS + openmp_flags, extra_link_args=openmp_flags,
-                     define_macros=NUMPY_MACROS)
+                     extra_compile_args=KERNEL_FLAGS, define_macros=NUMPY_MACROS)
 
 
 EXTENSIONS = [
@@ -29,10 +28,8 @@ EXTENSIONS = [
     # uint8 x int8 GEMM; its tiles (and every other kernel's) run on qgemm.c's worker pool, which
     # _qgemm exports to the other modules (kernels/_workers.pxi).
     kernel("_qgemm", ["qgemm.c", "layout.c"], ["qgemm.h", "layout.h", "_epilogue.pxi"]),
-    # The convolutions run qgemm.c's micro-kernels and epilogue (a copy linked in here); OpenMP
-    # for the prange loops of its data movement.
-    kernel("_conv", ["qgemm.c", "depthwise.c", "layout.c"], ["qgemm.h", "depthwise.h", "layout.h", "_epilogue.pxi"],
-           openmp=True),
+    # The convolutions run qgemm.c's micro-kernels and epilogue (a copy linked in here).
+    kernel("_conv", ["qgemm.c", "depthwise.c", "layout.c"], ["qgemm.h", "depthwise.h", "layout.h", "_epilogue.pxi"]),
     # uint8 x uint8 activation products (attention): AVX-512 VNNI, b packed per call.
     kernel("_qmatmul", ["qmatmul.c"], ["qmatmul.h"]),
     # onnxruntime's QLinearAdd on uint8 rows, AVX-512 with explicit FMAs.

@@ -9,9 +9,9 @@ in rotation, after warm-up; the table reports medians. Contenders:
   the plain ``qgemm()`` call, which re-validates its arguments, is timed too and reported for M <= 8.
 * Conv: graphopt ``qconv2d`` with uint8 output vs ``QLinearConv``; onnxruntime fp32 ``Conv``.
 
-Both runtimes block instead of spinning between calls (onnxruntime ``allow_spinning=0``,
-``OMP_WAIT_POLICY=PASSIVE``), so that one contender's idle threads do not steal the cores from the
-next one in the rotation.
+Both runtimes block instead of spinning between calls (onnxruntime ``allow_spinning=0``; graphopt's
+worker pool sleeps after a short spin), so that one contender's idle threads do not steal the cores
+from the next one in the rotation.
 
     .venv/bin/python bench/kernels.py                 # full run, 1 and 2 threads
     .venv/bin/python bench/kernels.py --rounds 7      # shorter
@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # numpy's OpenBLAS pool would otherwise spin on the second core after any BLAS call.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 

@@ -16,14 +16,12 @@ its RSS before loading the model.
 import argparse
 import json
 import multiprocessing
-import os
 import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402

@@ -4,13 +4,6 @@ This package imports nothing from the rest of graphopt (DESIGN.md): the runtime 
 never the other way round. Each compiled routine has a slow, obviously-correct numpy reference in
 ``graphopt.kernels.reference`` and tests compare the two.
 """
-import os
-
-# OpenMP's default wait policy keeps finished worker threads spinning; next to another thread pool
-# (onnxruntime's, or a second session) they steal the cores: an int8 run at 2 threads went from
-# 0.3 ms to 36 ms. libgomp reads this once, when the extension below loads it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from graphopt.kernels._packing import VNNI_K_GROUP, VNNI_N_PANEL, pack_weights_vnni
 from graphopt.kernels._qgemm import (PackedWeights, PreparedGemm, UnsupportedISAError, isa,
                                      pack_weights, qgemm, requantize_accumulators,

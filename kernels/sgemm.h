@@ -16,7 +16,7 @@
  *                offset into them (see shifted_tile in sgemm.c); kc is a multiple of KH*KW and nc
  *                counts output rows.
  * The work is cut into tiles (batch x MC rows x NC columns); the Cython driver hands the tiles to
- * OpenMP threads. The epilogue (previous K blocks' partial sums, bias per row or per column,
+ * the worker pool (qg_parallel_for, through kernels/_workers.pxi). The epilogue (previous K blocks' partial sums, bias per row or per column,
  * ReLU / clip) runs in registers before the single store of each C element's last K block.
  */
 #ifndef GRAPHOPT_SGEMM_H

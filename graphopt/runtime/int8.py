@@ -715,7 +715,7 @@ class ConvWeights:
         self.kernel = list(w.shape[2:])
 
 
-# Waking a sleeping OpenMP thread (passive wait, see graphopt.kernels) costs tens to hundreds of
+# Waking a sleeping worker thread (qg_parallel_for in kernels/qgemm.c) costs tens to hundreds of
 # microseconds on a shared machine; below this many multiply-adds per thread (~10 us of VNNI work)
 # a convolution runs sooner on one thread (mobilenetv3's int8 convolutions at 2 threads took
 # 178 us each instead of 41 us at 1).
