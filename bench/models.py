@@ -92,6 +92,10 @@ def interleaved(contenders, rounds, warmup, min_sample_s=0.002):
     ~70 calls, not one, so that the clock and the scheduler's ticks do not dominate it)."""
     repeats = {}
     for name, run in contenders.items():
+        for _ in range(max(warmup, 1)):
+            run()
+        # timed after the warm-up: a first call's one-time costs (Numba loading its cached
+        # kernels, ~30 ms) made a 20 µs model look 1,000x slower, sampled one call at a time
         start = time.perf_counter()
         for _ in range(max(warmup, 1)):
             run()

@@ -715,11 +715,13 @@ class ConvWeights:
         self.kernel = list(w.shape[2:])
 
 
-# Waking a sleeping worker thread (qg_parallel_for in kernels/qgemm.c) costs tens to hundreds of
-# microseconds on a shared machine; below this many multiply-adds per thread (~10 us of VNNI work)
-# a convolution runs sooner on one thread (mobilenetv3's int8 convolutions at 2 threads took
-# 178 us each instead of 41 us at 1).
-_MIN_CONV_MACS_PER_THREAD = 8_000_000
+# Below this many multiply-adds per thread (~15 us of VNNI work) a convolution stays on one
+# thread: handing tiles to the worker pool (qg_parallel_for in kernels/qgemm.c) costs a few us,
+# and a worker that wakes late does no tile (the caller takes them), so the threshold can be low
+# (it was 8M under OpenMP, whose join waited for late workers: mobilenetv3's int8 convolutions
+# at 2 threads took 178 us each instead of 41 us at 1). resnet18's 1x1 stride-2 convolutions
+# (6.4M) went from 84 / 57 / 55 us at 1 thread to 50 / 39 / 37 at 2.
+_MIN_CONV_MACS_PER_THREAD = 3_000_000
 
 
 def qconv2d(x: np.ndarray, x_zero_point: int, weights: ConvWeights, window: Window, threads: int,
