@@ -32,8 +32,8 @@ EXTENSIONS = [
     kernel("_conv", ["qgemm.c", "depthwise.c", "layout.c"], ["qgemm.h", "depthwise.h", "layout.h", "_epilogue.pxi"]),
     # uint8 x uint8 activation products (attention): AVX-512 VNNI, b packed per call.
     kernel("_qmatmul", ["qmatmul.c"], ["qmatmul.h"]),
-    # onnxruntime's QLinearAdd on uint8 rows, AVX-512 with explicit FMAs.
-    kernel("_qadd", ["qadd.c"], ["qadd.h"]),
+    # uint8 elementwise: onnxruntime's QLinearAdd on rows (explicit FMAs), 256-entry lookups (VBMI).
+    kernel("_bytewise", ["bytewise.c"], ["bytewise.h"]),
     # fp32 products: packed AVX-512 FMA micro-kernels, the convolutions' implicit GEMM.
     kernel("_sgemm", ["sgemm.c"], ["sgemm.h", "_workers.pxi"]),
     # fp32 depthwise convolution (one filter per channel), AVX-512 along the output rows.

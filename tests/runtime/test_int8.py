@@ -31,7 +31,7 @@ def test_qlinear_add_broadcasts_and_rounds_like_onnxruntime(a_shape, b_shape):
 @pytest.mark.parametrize("scales", [(0.021, 97, 0.037, 131, 0.045, 120), (0.5, 0, 0.5, 255, 1.0, 0),
                                     (0.0123, 128, 0.0991, 3, 0.0457, 250), (1e-3, 200, 2e-3, 10, 7e-4, 77)])
 def test_qlinear_add_c_loop_on_every_input_pair(scales):
-    """kernels/qadd.c (flat and row-broadcast calls, with a non-contiguous operand) against the
+    """kernels/bytewise.c (flat and row-broadcast calls, with a non-contiguous operand) against the
     reference on all 65,536 pairs of uint8 values."""
     a = np.repeat(np.arange(256, dtype=np.uint8), 256).reshape(256, 256)
     b = np.tile(np.arange(256, dtype=np.uint8), 256).reshape(256, 256)
@@ -43,6 +43,36 @@ def test_qlinear_add_c_loop_on_every_input_pair(scales):
     row = np.arange(256, dtype=np.uint8)[::-1]
     np.testing.assert_array_equal(add(a, row), _qlinear_add_reference(a, sa, za, row, sb, zb, sc, zc))
     np.testing.assert_array_equal(add(row, b), _qlinear_add_reference(row, sa, za, b, sb, zb, sc, zc))
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 1024), (3, 5, 7), (64,), (65,), (1,), (0, 4)])
+def test_uint8_table_lookup_in_c(shape):
+    """kernels/bytewise.c's lookup (64 values a step, a masked tail) against numpy's indexing,
+    on every table entry, contiguous and strided inputs."""
+    rng = np.random.default_rng(5)
+    table = rng.integers(0, 256, 256, dtype=np.uint8)
+    x = rng.integers(0, 256, shape, dtype=np.uint8)
+    if x.size >= 256:
+        x.reshape(-1)[:256] = np.arange(256)
+    np.testing.assert_array_equal(int8.lookup(x, table), table[x])
+    np.testing.assert_array_equal(int8.TableLookup(table)(x.T), table[x.T])
+    if x.ndim == 3:
+        np.testing.assert_array_equal(int8.lookup(x[:, :, ::3], table), table[x[:, :, ::3]])
+
+
+@pytest.mark.parametrize("scale, zero_point", [(0.05, 128), (0.3, 10), (1e-3, 255), (0.0734, 0)])
+def test_quantized_softmax_exp_table_gives_the_computed_values(scale, zero_point):
+    """The 256 x 256 exp table against the row-by-row computation it replaces (itself the three
+    unfused kernels' arithmetic): attention-shaped rows, odd widths, constant rows."""
+    rng = np.random.default_rng(int(scale * 1000) + zero_point)
+    softmax = int8.QuantizedSoftmax(scale, zero_point, 1 / 256, 0, fallback=None)
+    assert softmax.table is not None
+    for q in (rng.integers(0, 256, (1, 4, 32, 32)).astype(np.uint8), rng.integers(100, 140, (3, 7, 77)).astype(np.uint8),
+              np.full((2, 5), 7, np.uint8)):
+        rows = q.reshape(-1, q.shape[-1])
+        expected = np.empty_like(rows)
+        int8._softmax_uint8(rows, *softmax.args_in, *softmax.args_out, expected)
+        np.testing.assert_array_equal(softmax(q), expected.reshape(q.shape))
 
 
 def _qlinear_matmul_model(a_dtype, w, w_zp, y_dtype):

@@ -1,14 +1,19 @@
-/* QLinearAdd on uint8 rows (see qadd.h): 16 values a step with AVX-512 where the CPU has it,
- * the same arithmetic one value at a time elsewhere. The fused multiply-adds are explicit
- * (fmaf, _mm512_fmadd_ps): the build's -ffp-contract=off forbids the compiler to make its own. */
-#include "qadd.h"
+/* Elementwise kernels on uint8 tensors (see bytewise.h), AVX-512 where the CPU has it and the
+ * same arithmetic one value at a time elsewhere.
+ *
+ * QLinearAdd: 16 values a step. The fused multiply-adds are explicit (fmaf, _mm512_fmadd_ps):
+ * the build's -ffp-contract=off forbids the compiler to make its own.
+ * Table lookup: 64 values a step, the 256-byte table in four registers, two vpermi2b (VBMI)
+ * and a blend on the index's top bit. */
+#include "bytewise.h"
 
 #include <math.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define QADD_X86 1
-#define QADD_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define BYTEWISE_X86 1
+#define ADD_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define LOOKUP_TARGET __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 #endif
 
 static inline uint8_t add_one(uint8_t a, uint8_t b, float ratio_a, float ratio_b, float fixed) {
@@ -22,8 +27,8 @@ static void run_portable(const uint8_t *a, const uint8_t *b, uint8_t *out, int64
         out[i] = add_one(a[i], b[i], ratio_a, ratio_b, fixed);
 }
 
-#ifdef QADD_X86
-QADD_TARGET static void run_avx512(const uint8_t *a, const uint8_t *b, uint8_t *out, int64_t n,
+#ifdef BYTEWISE_X86
+ADD_TARGET static void run_avx512(const uint8_t *a, const uint8_t *b, uint8_t *out, int64_t n,
                                    float ratio_a, float ratio_b, float fixed) {
     const __m512 ra = _mm512_set1_ps(ratio_a), rb = _mm512_set1_ps(ratio_b), f = _mm512_set1_ps(fixed);
     const __m512 low = _mm512_setzero_ps(), high = _mm512_set1_ps(255.0f);
@@ -47,12 +52,45 @@ static int avx512_ok(void) {
     }
     return known;
 }
+
+LOOKUP_TARGET static void lookup_vbmi(const uint8_t *x, const uint8_t *table, uint8_t *out, int64_t n) {
+    const __m512i t0 = _mm512_loadu_si512(table), t1 = _mm512_loadu_si512(table + 64);
+    const __m512i t2 = _mm512_loadu_si512(table + 128), t3 = _mm512_loadu_si512(table + 192);
+    for (int64_t i = 0; i < n; i += 64) {
+        __mmask64 keep = n - i >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (n - i)) - 1;
+        __m512i index = _mm512_maskz_loadu_epi8(keep, x + i);
+        __m512i low = _mm512_permutex2var_epi8(t0, index, t1), high = _mm512_permutex2var_epi8(t2, index, t3);
+        __m512i value = _mm512_mask_blend_epi8(_mm512_movepi8_mask(index), low, high);
+        _mm512_mask_storeu_epi8(out + i, keep, value);
+    }
+}
+
+static int vbmi_ok(void) {
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                __builtin_cpu_supports("avx512vbmi");
+    }
+    return known;
+}
 #endif
+
+void bytes_lookup(const uint8_t *x, const uint8_t *table, uint8_t *out, int64_t n) {
+#ifdef BYTEWISE_X86
+    if (vbmi_ok()) {
+        lookup_vbmi(x, table, out, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++)
+        out[i] = table[x[i]];
+}
 
 void qadd_rows(const uint8_t *a, int64_t a_step, const uint8_t *b, int64_t b_step, uint8_t *out,
                int64_t rows, int64_t n, float ratio_a, float ratio_b, float fixed) {
     void (*run)(const uint8_t *, const uint8_t *, uint8_t *, int64_t, float, float, float) = run_portable;
-#ifdef QADD_X86
+#ifdef BYTEWISE_X86
     if (avx512_ok())
         run = run_avx512;
 #endif
