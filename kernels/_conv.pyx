@@ -570,6 +570,24 @@ cdef class _ShapePlan:
     cdef object tap_off
 
 
+cdef int _channels_last_geometry(_ShapePlan s, int64_t channels, int64_t height, int64_t width, int64_t top,
+                                 int64_t left, int64_t wp, int64_t c4, int64_t kh, int64_t kw, int64_t dh,
+                                 int64_t dw, int64_t sh, int64_t sw, int64_t ow) except -1:
+    """The channels-last workspace (zero-point padded, pixels of c4 bytes) and the taps that the
+    implicit and im2col paths read from it."""
+    s.ps.channels, s.ps.height, s.ps.width = channels, height, width
+    s.ps.top, s.ps.left, s.ps.padded_width, s.ps.pixel_stride = top, left, wp, c4
+    if s.group_elems == 0:
+        s.ps.height = 0
+    s.tap_off = _tap_offsets(kh, kw, dh * wp * c4, dw * c4)
+    s.cv.taps = kh * kw
+    s.cv.tap_off = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>s.tap_off)
+    s.cv.out_width = ow
+    s.cv.in_px_stride = sw * c4
+    s.cv.in_row_stride = sh * wp * c4
+    return 0
+
+
 def _pair_of(value):
     return (int(value), int(value)) if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value)
 
@@ -725,19 +743,10 @@ cdef class PreparedConv:
                                          * 1.02 < rows[0])
         if im2col:
             s.kind = _IM2COL
-            s.ps.channels, s.ps.height, s.ps.width = cg, height, width
-            s.ps.top, s.ps.left, s.ps.padded_width, s.ps.pixel_stride = pt, pl, wp, c4
-            if s.group_elems == 0:
-                s.ps.height = 0
+            _channels_last_geometry(s, cg, height, width, pt, pl, wp, c4, kh, kw, dh, dw, sh, sw, ow)
             s.im2col_off = ((hp * wp + (kw - 1) * dw + 1) * c4 + 63) // 64 * 64
             s.k_bytes = k_bytes
             s.scratch_bytes = s.im2col_off + out_px * k_bytes
-            s.tap_off = _tap_offsets(kh, kw, dh * wp * c4, dw * c4)
-            s.cv.taps = kh * kw
-            s.cv.tap_off = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>s.tap_off)
-            s.cv.out_width = ow
-            s.cv.in_px_stride = sw * c4
-            s.cv.in_row_stride = sh * wp * c4
             s.m, s.n, s.k4 = out_px, self.per_group, k_bytes // 4
             if out_px <= 8:
                 qg_shape(self.isa_code, out_px, &s.mr, &s.npanels)
@@ -779,17 +788,8 @@ cdef class PreparedConv:
             s.mc, s.nc = QG_MC, t_nc
         else:
             s.kind = _IMPLICIT
-            s.ps.channels, s.ps.height, s.ps.width = cg, height, width
-            s.ps.top, s.ps.left, s.ps.padded_width, s.ps.pixel_stride = pt, pl, wp, c4
-            if s.group_elems == 0:
-                s.ps.height = 0
+            _channels_last_geometry(s, cg, height, width, pt, pl, wp, c4, kh, kw, dh, dw, sh, sw, ow)
             s.scratch_bytes = (hp * wp + (kw - 1) * dw + 1) * c4
-            s.tap_off = _tap_offsets(kh, kw, dh * wp * c4, dw * c4)
-            s.cv.taps = kh * kw
-            s.cv.tap_off = <const int64_t *>cnp.PyArray_DATA(<cnp.ndarray>s.tap_off)
-            s.cv.out_width = ow
-            s.cv.in_px_stride = sw * c4
-            s.cv.in_row_stride = sh * wp * c4
             s.cv.row_len = ow if rows is not None or not stride1 else wp
             s.m, s.n, s.k4 = oh * s.cv.row_len, self.per_group, k4
             if rows is None:
